@@ -1,0 +1,345 @@
+"""The store interface: data classes, errors and ``open_store``.
+
+Every reader and writer of run history (the plugin, the CLI, later the HTTP
+client and the server) goes through :class:`RunStore`. Backends live beside
+this module (``sqlite.py`` today) and are chosen by :func:`open_store`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal, Protocol
+
+Outcome = Literal["passed", "failed", "error", "skipped", "xfailed", "xpassed", "not_run"]
+OUTCOMES: tuple[Outcome, ...] = (
+    "passed",
+    "failed",
+    "error",
+    "skipped",
+    "xfailed",
+    "xpassed",
+    "not_run",
+)
+#: ``crash`` is an xdist worker that died while running the test.
+Phase = Literal["setup", "call", "teardown", "collect", "crash", "none"]
+PHASES: tuple[Phase, ...] = ("setup", "call", "teardown", "collect", "crash", "none")
+
+RunStatus = Literal["running", "passed", "failed", "interrupted", "error", "no_tests"]
+RUN_STATUSES: tuple[RunStatus, ...] = (
+    "running",
+    "passed",
+    "failed",
+    "interrupted",
+    "error",
+    "no_tests",
+)
+RetryMode = Literal["full", "failed_only", "subset"]
+
+#: How the failure or skip text of one result is capped, in characters.
+LONGREPR_LIMIT = 16_000
+
+
+class StoreError(Exception):
+    """The store cannot be read or written; the message names the store."""
+
+
+class StoreNotFound(StoreError):
+    """There is no store at the given location."""
+
+
+class StoreTooNew(StoreError):
+    """The store was written by a newer schema than this plugin knows."""
+
+
+class RunNotFound(StoreError):
+    """No run with the requested id."""
+
+
+def status_from_exit(exit_status: int) -> RunStatus:
+    """The run status for a pytest exit code."""
+    statuses: dict[int, RunStatus] = {0: "passed", 1: "failed", 2: "interrupted", 5: "no_tests"}
+    return statuses.get(exit_status, "error")
+
+
+@dataclass(frozen=True)
+class GitInfo:
+    branch: str | None = None
+    commit: str | None = None
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """How a session was started, recorded once per run."""
+
+    args: list[str]
+    invocation_dir: str
+    rootdir: str
+    inifile: str | None
+    python: str
+    pytest: str
+    platform: str
+    host: str
+    pid: int
+    plugins: list[str] = field(default_factory=list)
+    workers: int | None = None
+    git: GitInfo = field(default_factory=GitInfo)
+    ci: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Invocation:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["git"] = GitInfo(**(data.get("git") or {}))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SelectedTest:
+    """One entry of a run's selection: a node id and the file pytest collected it from
+    (relative to the rootdir, ``/``-separated)."""
+
+    nodeid: str
+    file: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """The final outcome of one selected test (or one collection error)."""
+
+    nodeid: str
+    outcome: Outcome
+    when: Phase
+    setup_duration: float = 0.0
+    call_duration: float = 0.0
+    teardown_duration: float = 0.0
+    worker: str | None = None
+    longrepr: str | None = None
+    rerun_attempts: int = 0
+    #: Set for results that are not part of the selection (collection errors).
+    file: str | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.setup_duration + self.call_duration + self.teardown_duration
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodeid": self.nodeid,
+            "outcome": self.outcome,
+            "when": self.when,
+            "duration": round(self.duration, 6),
+            "durations": {
+                "setup": round(self.setup_duration, 6),
+                "call": round(self.call_duration, 6),
+                "teardown": round(self.teardown_duration, 6),
+            },
+            "worker": self.worker,
+            "longrepr": self.longrepr,
+            "rerun_attempts": self.rerun_attempts,
+        }
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """What is known about a run when it starts."""
+
+    invocation: Invocation
+    created_at: float
+    started_at: float
+    label: str | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+    source_run_id: int | None = None
+    root_run_id: int | None = None
+    attempt: int = 1
+    mode: RetryMode = "full"
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The ordered node ids a run meant to execute, recorded when collection ends."""
+
+    tests: list[SelectedTest]
+    deselected: int = 0
+    #: Retry only: tests of the source's selection that no longer exist.
+    missing: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunFinish:
+    exit_status: int
+    finished_at: float
+    deselected: int | None = None
+    mode: RetryMode | None = None
+    missing: list[str] | None = None
+
+
+Counts = dict[str, int]
+
+
+def empty_counts() -> Counts:
+    return dict.fromkeys(OUTCOMES, 0)
+
+
+def count_outcomes(results: Iterable[Result]) -> Counts:
+    counts = empty_counts()
+    for result in results:
+        counts[result.outcome] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run without its selection and results: what ``list`` shows."""
+
+    id: int
+    status: RunStatus
+    exit_status: int | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    label: str | None
+    meta: dict[str, str]
+    source_run_id: int | None
+    root_run_id: int
+    attempt: int
+    mode: RetryMode
+    reason: str | None
+    counts: Counts
+    invocation: Invocation
+    deselected: int
+    missing: list[str]
+
+    @property
+    def duration(self) -> float | None:
+        if self.finished_at is None or self.started_at is None:
+            return None
+        return self.finished_at - self.created_at
+
+
+@dataclass(frozen=True)
+class Run:
+    """A whole run: summary, selection and one result per selected test."""
+
+    summary: RunSummary
+    selection: list[SelectedTest]
+    #: One per selected test, in selection order (``not_run`` where nothing was
+    #: reported), then one per collection error.
+    results: list[Result]
+
+    @property
+    def id(self) -> int:
+        return self.summary.id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The documented JSON contract of ``pytest-runs show --format json``."""
+        s = self.summary
+        inv = s.invocation
+        return {
+            "id": s.id,
+            "status": s.status,
+            "exit_status": s.exit_status,
+            "created_at": iso(s.created_at),
+            "started_at": iso(s.started_at),
+            "finished_at": iso(s.finished_at),
+            "duration": None if s.duration is None else round(s.duration, 6),
+            "label": s.label,
+            "meta": dict(s.meta),
+            "source_run_id": s.source_run_id,
+            "root_run_id": s.root_run_id,
+            "attempt": s.attempt,
+            "mode": s.mode,
+            "reason": s.reason,
+            "invocation": {
+                "args": list(inv.args),
+                "invocation_dir": inv.invocation_dir,
+                "rootdir": inv.rootdir,
+                "inifile": inv.inifile,
+                "python": inv.python,
+                "pytest": inv.pytest,
+                "platform": inv.platform,
+                "host": inv.host,
+                "pid": inv.pid,
+                "plugins": list(inv.plugins),
+                "workers": inv.workers,
+                "git": {"branch": inv.git.branch, "commit": inv.git.commit},
+                "ci": dict(inv.ci),
+            },
+            "selection": [test.nodeid for test in self.selection],
+            "deselected": s.deselected,
+            "missing": list(s.missing),
+            "counts": dict(s.counts),
+            "results": [result.to_dict() for result in self.results],
+        }
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
+
+
+def process_is_gone(host: str | None, pid: int | None) -> bool:
+    """True when ``pid`` on this host no longer exists (its run can never finish)."""
+    if pid is None or host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False
+    return False
+
+
+class RunStore(Protocol):
+    """Everything the plugin and the CLI may do with run history.
+
+    Runs are append-only: a run is created, gets its selection and results
+    while it is ``running``, and is finished once; after that nothing about it
+    can change.
+    """
+
+    location: str
+
+    def create_run(self, new_run: NewRun) -> int: ...
+
+    def record_selection(self, run_id: int, selection: Selection) -> None: ...
+
+    def append_results(self, run_id: int, results: Sequence[Result]) -> None: ...
+
+    def finish_run(self, run_id: int, finish: RunFinish, results: Sequence[Result] = ()) -> None:
+        """Append the last results and close the run, in one transaction."""
+        ...
+
+    def get_run(self, run_id: int) -> Run: ...
+
+    def get_summary(self, run_id: int) -> RunSummary: ...
+
+    def latest_run_id(self, *, finished: bool = False) -> int | None: ...
+
+    def list_runs(self, limit: int | None = None) -> list[RunSummary]: ...
+
+    def close(self) -> None: ...
+
+
+def open_store(location: str, *, create: bool = True) -> RunStore:
+    """Open the store at ``location`` (a file path or ``sqlite:///path``).
+
+    With ``create=False`` a missing store raises :class:`StoreNotFound`
+    instead of being created.
+    """
+    if location.startswith(("http://", "https://")):
+        raise StoreError(f"{location}: HTTP stores are not supported by this version")
+    from pytest_rerun_runs.store.sqlite import SqliteStore
+
+    path = location.removeprefix("sqlite://")
+    return SqliteStore(path, create=create)
