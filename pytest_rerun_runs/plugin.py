@@ -56,6 +56,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Metadata stored on this session's run (repeatable).",
     )
     parser.addini(
+        "runs_flush_interval",
+        help="Seconds of results held in memory before they are written (default: 1).",
+        default="1",
+    )
+    parser.addini(
         locate.INI_NAME,
         help="Run store file, relative to the rootdir (default: .pytest_runs/runs.db).",
         default=None,
@@ -96,6 +101,17 @@ def parse_meta(values: list[str]) -> dict[str, str]:
             raise pytest.UsageError(f"--run-meta expects KEY=VALUE, got {value!r}")
         meta[key.strip()] = text
     return meta
+
+
+def parse_flush_interval(config: pytest.Config) -> float:
+    text = str(config.getini("runs_flush_interval"))
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise pytest.UsageError(f"runs_flush_interval expects seconds >= 0, got {text!r}")
+    return value
 
 
 def check_separate_path_option(config: pytest.Config, option: str) -> None:
@@ -139,7 +155,9 @@ class RecordingPlugin:
             config.rootpath,
         )
         self.display_location = locate.display_path(self.store_location, invocation_dir)
-        self.recorder = Recorder(self._open_store, self._warn)
+        self.recorder = Recorder(
+            self._open_store, self._warn, flush_interval=parse_flush_interval(config)
+        )
         self.created_at = time.time()
         self.deselected = 0
         self.selection: list[SelectedTest] | None = None

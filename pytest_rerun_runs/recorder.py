@@ -29,7 +29,7 @@ from pytest_rerun_runs.store import (
 if TYPE_CHECKING:
     import pytest
 
-#: At most this many seconds of results are held in memory before a write.
+#: By default at most this many seconds of results are held in memory before a write.
 FLUSH_INTERVAL = 1.0
 
 
@@ -74,15 +74,19 @@ class Recorder:
         self,
         open_store: Callable[[], RunStore],
         warn: Callable[[str], None],
+        flush_interval: float = FLUSH_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._open_store = open_store
         self._warn = warn
+        self._flush_interval = flush_interval
+        self._clock = clock
         self.store: RunStore | None = None
         self.run_id: int | None = None
         self.disabled = False
         self._progress: dict[str, _TestProgress] = {}
         self._pending: list[Result] = []
-        self._last_flush = time.monotonic()
+        self._last_flush = self._clock()
         self._selected: set[str] = set()
         self._selection_size = 0
         self._selected_reported = 0
@@ -117,7 +121,7 @@ class Recorder:
         except StoreError as exc:
             self._fail(exc)
             return None
-        self._last_flush = time.monotonic()
+        self._last_flush = self._clock()
         self.flush()
         return self.run_id
 
@@ -215,7 +219,7 @@ class Recorder:
         if result.nodeid in self._selected:
             self._selected_reported += 1
         self._pending.append(result)
-        if self.run_id is not None and time.monotonic() - self._last_flush >= FLUSH_INTERVAL:
+        if self.run_id is not None and self._clock() - self._last_flush >= self._flush_interval:
             self.flush()
 
     def counts(self) -> Counts:
@@ -236,7 +240,7 @@ class Recorder:
             self.store.append_results(self.run_id, batch)
         except StoreError as exc:
             self._fail(exc)
-        self._last_flush = time.monotonic()
+        self._last_flush = self._clock()
 
     def finish(self, finish: RunFinish) -> None:
         if self.store is None or self.run_id is None:

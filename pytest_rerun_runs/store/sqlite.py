@@ -482,12 +482,16 @@ class SqliteStore:
         return Run(summary=summary, selection=selection, results=results)
 
     def latest_run_id(self, *, finished: bool = False) -> int | None:
+        """The newest run id; with ``finished``, the newest run that is not running
+        (finished, or left running by a process that no longer exists)."""
         with self._errors("read"):
-            query = "SELECT max(id) FROM runs"
-            if finished:
-                query += " WHERE finished_at IS NOT NULL"
-            (run_id,) = self._connection.execute(query).fetchone()
-            return int(run_id) if run_id is not None else None
+            rows = self._connection.execute(
+                "SELECT id, finished_at, host, pid FROM runs ORDER BY id DESC"
+            )
+            for run_id, finished_at, host, pid in rows:
+                if not finished or finished_at is not None or process_is_gone(host, pid):
+                    return int(run_id)
+            return None
 
     def list_runs(self, limit: int | None = None) -> list[RunSummary]:
         with self._errors("read"):

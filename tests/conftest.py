@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_rerun_runs import cli
+from pytest_rerun_runs.invocation import CI_PROVIDERS
+from pytest_rerun_runs.locate import ENV_VAR
+
+RunDict = dict[str, Any]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads a store or CI identity it did not make."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    for marker, *_ in CI_PROVIDERS.values():
+        monkeypatch.delenv(marker, raising=False)
+
+
+@pytest.fixture
+def store_path(pytester: pytest.Pytester) -> Path:
+    """The default store of a pytester project."""
+    return pytester.path / ".pytest_runs" / "runs.db"
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> tuple[int, str]:
+    out = io.StringIO()
+    old = Path.cwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        code = cli.main(list(args), out=out)
+    finally:
+        os.chdir(old)
+    return code, out.getvalue()
+
+
+@pytest.fixture
+def show(store_path: Path) -> Callable[..., RunDict]:
+    """``pytest-runs show ID --format json`` of the default store, parsed."""
+
+    def show(run: str | int = "last", store: Path | None = None) -> RunDict:
+        code, out = run_cli("--store", str(store or store_path), "show", str(run), "--format", "json")
+        assert code == 0
+        result: RunDict = json.loads(out)
+        return result
+
+    return show
+
+
+def outcomes(run: RunDict) -> dict[str, str]:
+    return {r["nodeid"]: r["outcome"] for r in run["results"]}
+
+
+def run_pytest_subprocess(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """A real pytest process (xdist, signals, concurrency)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def subprocess_env() -> Iterator[dict[str, str]]:
+    yield {"PYTHONDONTWRITEBYTECODE": "1"}

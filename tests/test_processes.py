@@ -1,0 +1,150 @@
+"""Real processes: xdist, a crashed worker, SIGKILL, concurrent sessions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunDict, outcomes
+from tests.test_recording import EXPECTED, SHAPES
+
+
+def test_xdist_records_the_same_outcomes(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(test_shapes=SHAPES)
+    spaced = pytester.mkdir("dir with space")
+    (spaced / "test_spaced.py").write_text("def test_in_spaced_dir():\n    pass\n")
+    result = pytester.runpytest_subprocess("-n", "2", "--doctest-modules")
+    assert result.ret == 1
+    run = show()
+    recorded = {r["nodeid"]: (r["outcome"], r["when"]) for r in run["results"]}
+    assert recorded == {k: v for k, v in EXPECTED.items() if k != "test_broken.py"}
+    assert {r["worker"] for r in run["results"]} == {"gw0", "gw1"}
+    assert run["invocation"]["workers"] == 2
+    assert sorted(run["selection"]) == sorted(recorded)
+    result.stdout.fnmatch_lines(["rerun-runs: recording run 1 in .pytest_runs/runs.db"])
+
+
+def test_xdist_records_deselection_from_the_workers(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile("def test_one(): pass\ndef test_two(): pass\ndef test_three(): pass\n")
+    result = pytester.runpytest_subprocess("-n", "2", "-k", "not two")
+    result.assert_outcomes(passed=2)
+    run = show()
+    assert run["deselected"] == 1
+    assert len(run["selection"]) == 2
+
+
+def test_xdist_worker_crash_is_an_error(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_before():
+            pass
+
+        def test_crash():
+            os._exit(1)
+
+        def test_after():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "1", "-p", "no:randomly")
+    assert result.ret == 1
+    run = show()
+    by_id = {r["nodeid"].split("::")[1]: r for r in run["results"]}
+    assert by_id["test_crash"]["outcome"] == "error"
+    assert by_id["test_crash"]["when"] == "crash"
+    assert "crashed while running" in by_id["test_crash"]["longrepr"]
+    assert by_id["test_before"]["outcome"] == "passed"
+    assert by_id["test_after"]["outcome"] == "passed"
+
+
+def test_sigkill_keeps_earlier_results_and_reads_interrupted(
+    pytester: pytest.Pytester, show: Callable[..., RunDict], tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    never = tmp_path / "never"
+    os.mkfifo(gate)
+    os.mkfifo(never)
+    pytester.makeini("[pytest]\nruns_flush_interval = 0\n")
+    pytester.makepyfile(
+        f"""
+        def test_one(): pass
+        def test_two(): pass
+        def test_three(): assert False
+
+        def test_blocks():
+            with open({str(gate)!r}, "w") as gate:
+                gate.write("running")
+            open({str(never)!r}).read()  # blocks until the process is killed
+
+        def test_after(): pass
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
+        cwd=pytester.path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with open(gate) as reader:  # returns once test_blocks is running
+            assert reader.read() == "running"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    run = show()
+    assert run["status"] == "interrupted"
+    assert run["finished_at"] is None
+    assert list(outcomes(run).values()) == ["passed", "passed", "failed", "not_run", "not_run"]
+    assert run["counts"]["not_run"] == 2
+
+
+def test_concurrent_sessions_on_one_store_all_succeed(
+    pytester: pytest.Pytester, tmp_path: Path, show: Callable[..., RunDict]
+) -> None:
+    store = tmp_path / "shared" / "runs.db"
+    pytester.makeini("[pytest]\nruns_flush_interval = 0\n")
+    pytester.makepyfile(
+        "import pytest\n"
+        "@pytest.mark.parametrize('n', range(150))\n"
+        "def test_many(n):\n    assert n != 7\n"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--runs-store={store}"],
+            cwd=pytester.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+    assert [process.returncode for process in processes] == [1, 1, 1, 1], outputs
+    assert all("warning" not in output for output in outputs), outputs
+    runs = [show(run_id, store=store) for run_id in (1, 2, 3, 4)]
+    assert {run["invocation"]["pid"] for run in runs} == {p.pid for p in processes}
+    for run in runs:
+        assert run["status"] == "failed"
+        assert run["counts"] == {
+            "passed": 149,
+            "failed": 1,
+            "error": 0,
+            "skipped": 0,
+            "xfailed": 0,
+            "xpassed": 0,
+            "not_run": 0,
+        }

@@ -1,0 +1,503 @@
+"""What a run records: one final outcome per selected test, as pytest reports it."""
+
+from __future__ import annotations
+
+import sqlite3
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunDict, outcomes
+
+SHAPES = '''
+import unittest
+import pytest
+
+
+def test_pass():
+    pass
+
+
+def test_fail():
+    assert 1 == 2
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["with space", "a/b", "[bracket]", "unicodé", "", "x::y"],
+)
+def test_ids(value):
+    pass
+
+
+@pytest.mark.parametrize("value", [1, 2], ids=["ok", "bad"])
+def test_param_fail(value):
+    assert value == 1
+
+
+class TestOuter:
+    class TestInner:
+        def test_nested(self):
+            pass
+
+
+@pytest.fixture
+def broken_setup():
+    raise RuntimeError("setup broke")
+
+
+@pytest.fixture
+def broken_teardown():
+    yield
+    raise RuntimeError("teardown broke")
+
+
+def test_setup_error(broken_setup):
+    pass
+
+
+def test_teardown_error_after_pass(broken_teardown):
+    pass
+
+
+def test_teardown_error_after_fail(broken_teardown):
+    assert False
+
+
+@pytest.mark.xfail(reason="known")
+def test_xfail():
+    assert False
+
+
+@pytest.mark.xfail(reason="maybe")
+def test_xpass():
+    pass
+
+
+@pytest.mark.xfail(strict=True, reason="must fail")
+def test_xpass_strict():
+    pass
+
+
+@pytest.mark.xfail(run=False, reason="not run")
+def test_xfail_not_run():
+    pass
+
+
+@pytest.mark.skip(reason="skipped here")
+def test_skip():
+    pass
+
+
+def test_skip_inside():
+    pytest.skip("inside")
+
+
+class TestUnit(unittest.TestCase):
+    def test_ok(self):
+        pass
+
+    @unittest.skip("unittest skip")
+    def test_skipped(self):
+        pass
+
+    @unittest.expectedFailure
+    def test_expected_failure(self):
+        assert False
+
+    def test_fails(self):
+        self.assertEqual(1, 2)
+
+
+def doubled(x):
+    """
+    >>> doubled(2)
+    4
+    >>> doubled(3)
+    7
+    """
+    return 2 * x
+
+
+def tripled(x):
+    """
+    >>> tripled(2)
+    6
+    """
+    return 3 * x
+'''
+
+EXPECTED = {
+    "test_shapes.py::test_pass": ("passed", "call"),
+    "test_shapes.py::test_fail": ("failed", "call"),
+    "test_shapes.py::test_ids[with space]": ("passed", "call"),
+    "test_shapes.py::test_ids[a/b]": ("passed", "call"),
+    "test_shapes.py::test_ids[[bracket]]": ("passed", "call"),
+    "test_shapes.py::test_ids[unicod\\xe9]": ("passed", "call"),
+    "test_shapes.py::test_ids[]": ("passed", "call"),
+    "test_shapes.py::test_ids[x::y]": ("passed", "call"),
+    "test_shapes.py::test_param_fail[ok]": ("passed", "call"),
+    "test_shapes.py::test_param_fail[bad]": ("failed", "call"),
+    "test_shapes.py::TestOuter::TestInner::test_nested": ("passed", "call"),
+    "test_shapes.py::test_setup_error": ("error", "setup"),
+    "test_shapes.py::test_teardown_error_after_pass": ("error", "teardown"),
+    "test_shapes.py::test_teardown_error_after_fail": ("failed", "call"),
+    "test_shapes.py::test_xfail": ("xfailed", "call"),
+    "test_shapes.py::test_xpass": ("xpassed", "call"),
+    "test_shapes.py::test_xpass_strict": ("failed", "call"),
+    "test_shapes.py::test_xfail_not_run": ("xfailed", "setup"),
+    "test_shapes.py::test_skip": ("skipped", "setup"),
+    "test_shapes.py::test_skip_inside": ("skipped", "call"),
+    "test_shapes.py::TestUnit::test_ok": ("passed", "call"),
+    "test_shapes.py::TestUnit::test_skipped": ("skipped", "call"),
+    "test_shapes.py::TestUnit::test_expected_failure": ("xfailed", "call"),
+    "test_shapes.py::TestUnit::test_fails": ("failed", "call"),
+    "test_shapes.py::test_shapes.doubled": ("failed", "call"),
+    "test_shapes.py::test_shapes.tripled": ("passed", "call"),
+    "dir with space/test_spaced.py::test_in_spaced_dir": ("passed", "call"),
+    "test_broken.py": ("error", "collect"),
+}
+
+
+@pytest.fixture
+def shapes(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(test_shapes=SHAPES)
+    spaced = pytester.mkdir("dir with space")
+    (spaced / "test_spaced.py").write_text("def test_in_spaced_dir():\n    pass\n")
+    pytester.makepyfile(test_broken="import does_not_exist_anywhere\n")
+    return pytester
+
+
+def junit_outcomes(path: Path) -> list[str]:
+    """passed/failure/error/skipped for each testcase, as junitxml reports it."""
+    found = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        kinds = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
+        found.append(kinds[0] if kinds else "passed")
+    return found
+
+
+def test_every_outcome_shape_matches_pytest(
+    shapes: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    result = shapes.runpytest(
+        "--doctest-modules", "--continue-on-collection-errors", "-rA", "--junitxml=junit.xml"
+    )
+    assert result.ret == 1
+    run = show()
+    recorded = {r["nodeid"]: (r["outcome"], r["when"]) for r in run["results"]}
+    assert recorded == EXPECTED
+    # pytest counts a test whose teardown fails twice (a pass or a failure, and an
+    # error); the run records one final outcome per test: the error after a
+    # pass, the failure after a failure. --doctest-modules collects
+    # test_broken.py twice (module and doctests): two collection errors.
+    pytest_counts = result.parseoutcomes()
+    counts = run["counts"]
+    assert counts["passed"] == pytest_counts["passed"] - 1
+    assert counts["error"] == pytest_counts["errors"] - 1
+    assert counts["failed"] == pytest_counts["failed"]
+    assert counts["skipped"] == pytest_counts["skipped"]
+    assert counts["xfailed"] == pytest_counts["xfailed"]
+    assert counts["xpassed"] == pytest_counts["xpassed"]
+    assert counts["not_run"] == 0
+    # Everything junitxml calls a failure or an error is failed or error here.
+    junit = junit_outcomes(shapes.path / "junit.xml")
+    bad_in_junit = sum(1 for kind in junit if kind in ("failure", "error"))
+    assert bad_in_junit == counts["failed"] + counts["error"]
+    # -rA lists every failed and errored node id with the same word.
+    for nodeid, (outcome, _) in EXPECTED.items():
+        if outcome == "failed":
+            result.stdout.fnmatch_lines([f"FAILED {nodeid.replace('[', '[[]')}*"])
+        if outcome == "xpassed":
+            result.stdout.fnmatch_lines([f"XPASS {nodeid}*"])
+
+
+def test_failure_and_skip_text_is_recorded(
+    shapes: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    shapes.runpytest("--doctest-modules", "--continue-on-collection-errors")
+    by_id = {r["nodeid"]: r for r in show()["results"]}
+    assert "assert 1 == 2" in by_id["test_shapes.py::test_fail"]["longrepr"]
+    assert "setup broke" in by_id["test_shapes.py::test_setup_error"]["longrepr"]
+    assert "teardown broke" in by_id["test_shapes.py::test_teardown_error_after_pass"]["longrepr"]
+    assert by_id["test_shapes.py::test_skip"]["longrepr"].endswith("skipped here")
+    assert by_id["test_shapes.py::test_xfail"]["longrepr"] == "known"
+    assert "does_not_exist_anywhere" in by_id["test_broken.py"]["longrepr"]
+    assert by_id["test_shapes.py::test_pass"]["longrepr"] is None
+
+
+def test_long_failure_text_is_capped(pytester: pytest.Pytester, show: Callable[..., RunDict]) -> None:
+    pytester.makepyfile("def test_long():\n    assert False, 'x' * 100_000\n")
+    pytester.runpytest()
+    (result,) = show()["results"]
+    assert 16_000 < len(result["longrepr"]) < 16_200
+    assert "characters cut by pytest-rerun-runs" in result["longrepr"]
+
+
+def test_selection_is_recorded_after_deselection(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(
+        test_b="def test_one(): pass\ndef test_two(): pass\ndef test_three(): pass\n",
+        test_a="def test_one(): pass\n",
+    )
+    result = pytester.runpytest("-k", "one")
+    result.assert_outcomes(passed=2, deselected=2)
+    run = show()
+    assert run["selection"] == ["test_a.py::test_one", "test_b.py::test_one"]
+    assert run["deselected"] == 2
+    assert outcomes(run) == {"test_a.py::test_one": "passed", "test_b.py::test_one": "passed"}
+    assert run["status"] == "passed"
+    assert run["exit_status"] == 0
+
+
+def test_durations_are_recorded_per_phase(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile("def test_one(): pass\n")
+    pytester.runpytest()
+    (result,) = show()["results"]
+    assert set(result["durations"]) == {"setup", "call", "teardown"}
+    assert result["duration"] == pytest.approx(sum(result["durations"].values()), abs=1e-5)
+    assert result["worker"] is None
+    assert result["rerun_attempts"] == 0
+
+
+def test_collection_error_interrupts_and_leaves_tests_not_run(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(test_a="def test_one(): pass\n", test_b="raise ImportError('boom')\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    run = show()
+    assert run["status"] == "interrupted"
+    assert run["selection"] == ["test_a.py::test_one"]
+    assert outcomes(run) == {"test_a.py::test_one": "not_run", "test_b.py": "error"}
+    assert [r["when"] for r in run["results"]] == ["none", "collect"]
+
+
+def test_collection_error_with_exitfirst_records_nothing_selected(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(test_a="raise ImportError('boom')\n", test_b="def test_one(): pass\n")
+    result = pytester.runpytest("-x")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    run = show()
+    assert run["status"] == "failed"
+    assert run["selection"] == []
+    assert outcomes(run) == {"test_a.py": "error"}
+
+
+def test_module_level_skip_is_a_skipped_result(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(
+        test_a="import pytest\npytest.skip('not here', allow_module_level=True)\n",
+        test_b="def test_one(): pass\n",
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, skipped=1)
+    run = show()
+    assert outcomes(run) == {"test_b.py::test_one": "passed", "test_a.py": "skipped"}
+    assert run["counts"]["skipped"] == 1
+
+
+@pytest.mark.parametrize("option", ["-x", "--maxfail=1"])
+def test_stopping_early_leaves_the_rest_not_run(
+    pytester: pytest.Pytester, show: Callable[..., RunDict], option: str
+) -> None:
+    pytester.makepyfile("def test_a(): pass\ndef test_b(): assert 0\ndef test_c(): pass\n")
+    result = pytester.runpytest(option)
+    result.assert_outcomes(passed=1, failed=1)
+    run = show()
+    assert outcomes(run) == {
+        "test_stopping_early_leaves_the_rest_not_run.py::test_a": "passed",
+        "test_stopping_early_leaves_the_rest_not_run.py::test_b": "failed",
+        "test_stopping_early_leaves_the_rest_not_run.py::test_c": "not_run",
+    }
+    assert run["status"] == "failed"
+    assert run["counts"]["not_run"] == 1
+
+
+def test_keyboard_interrupt_marks_the_run_interrupted(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(
+        "def test_a(): pass\ndef test_b(): raise KeyboardInterrupt\ndef test_c(): pass\n"
+    )
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    run = show()
+    assert run["status"] == "interrupted"
+    assert list(outcomes(run).values()) == ["passed", "not_run", "not_run"]
+
+
+def test_rerunfailures_attempts_are_counted(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        attempts = []
+
+        def test_flaky():
+            attempts.append(1)
+            assert len(attempts) > 1
+
+        def test_broken():
+            assert False
+
+        def test_fine():
+            pass
+        """
+    )
+    result = pytester.runpytest("--reruns", "2", "-p", "rerunfailures")
+    assert result.parseoutcomes() == {"passed": 2, "failed": 1, "rerun": 3}
+    by_id = {r["nodeid"].split("::")[1]: r for r in show()["results"]}
+    assert (by_id["test_flaky"]["outcome"], by_id["test_flaky"]["rerun_attempts"]) == ("passed", 1)
+    assert (by_id["test_broken"]["outcome"], by_id["test_broken"]["rerun_attempts"]) == ("failed", 2)
+    assert (by_id["test_fine"]["outcome"], by_id["test_fine"]["rerun_attempts"]) == ("passed", 0)
+
+
+def test_label_and_meta_are_stored(pytester: pytest.Pytester, show: Callable[..., RunDict]) -> None:
+    pytester.makepyfile("def test_a(): pass\n")
+    pytester.runpytest("--run-label=nightly", "--run-meta=shard=2", "--run-meta", "team=core=x")
+    run = show()
+    assert run["label"] == "nightly"
+    assert run["meta"] == {"shard": "2", "team": "core=x"}
+    assert run["invocation"]["args"][:4] == [
+        "--run-label=nightly",
+        "--run-meta=shard=2",
+        "--run-meta",
+        "team=core=x",
+    ]
+
+
+def test_malformed_meta_is_a_usage_error(pytester: pytest.Pytester, store_path: Path) -> None:
+    pytester.makepyfile("def test_a(): pass\n")
+    result = pytester.runpytest("--run-meta=novalue")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --run-meta expects KEY=VALUE, got 'novalue'"])
+    assert not store_path.exists()
+
+
+def test_invocation_is_recorded(pytester: pytest.Pytester, show: Callable[..., RunDict]) -> None:
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile("def test_a(): pass\n")
+    pytester.runpytest("-v")
+    invocation = show()["invocation"]
+    assert invocation["args"][0] == "-v"
+    assert invocation["rootdir"] == str(pytester.path)
+    assert invocation["inifile"] == str(pytester.path / "tox.ini")
+    assert invocation["invocation_dir"] == str(pytester.path)
+    assert invocation["pytest"] == pytest.__version__
+    assert invocation["git"] == {"branch": None, "commit": None}
+    assert invocation["ci"] == {}
+    assert any(p.startswith("pytest-rerun-runs-") for p in invocation["plugins"])
+
+
+def test_ids_increase_and_list_is_newest_first(
+    pytester: pytest.Pytester, store_path: Path
+) -> None:
+    from tests.conftest import run_cli
+
+    pytester.makepyfile("def test_a(): pass\n")
+    for _ in range(3):
+        pytester.runpytest()
+    code, out = run_cli("--store", str(store_path), "list", "--format", "json")
+    assert code == 0
+    import json
+
+    assert [run["id"] for run in json.loads(out)] == [3, 2, 1]
+
+
+def test_terminal_lines_at_start_and_end(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_a(): pass\ndef test_b(): assert 0\n")
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(
+        [
+            "collected 2 items",
+            "rerun-runs: recording run 1 in .pytest_runs/runs.db",
+            "*",
+            "run 1 recorded: 1 passed, 1 failed in .pytest_runs/runs.db",
+        ]
+    )
+    assert result.stdout.str().count("recording run") == 1
+
+
+def test_quiet_quiet_prints_nothing(pytester: pytest.Pytester, store_path: Path) -> None:
+    pytester.makepyfile("def test_a(): pass\n")
+    result = pytester.runpytest("-qq")
+    assert "run 1" not in result.stdout.str()
+    assert "rerun-runs" not in result.stdout.str()
+    assert store_path.exists()
+
+
+def test_disabled_with_p_no(pytester: pytest.Pytester, store_path: Path) -> None:
+    pytester.makepyfile("def test_a(): pass\n")
+    result = pytester.runpytest("-p", "no:rerun_runs")
+    result.assert_outcomes(passed=1)
+    assert not store_path.exists()
+
+
+@pytest.mark.parametrize("option", ["--collect-only", "--fixtures", "--markers"])
+def test_non_test_sessions_are_not_recorded(
+    pytester: pytest.Pytester, store_path: Path, option: str
+) -> None:
+    pytester.makepyfile("def test_a(): pass\n")
+    result = pytester.runpytest(option)
+    assert result.ret == 0
+    assert not store_path.exists()
+
+
+def test_usage_error_of_pytest_records_nothing(pytester: pytest.Pytester, store_path: Path) -> None:
+    result = pytester.runpytest("does_not_exist.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert not store_path.exists()
+
+
+def test_no_tests_collected_is_recorded(pytester: pytest.Pytester, show: Callable[..., RunDict]) -> None:
+    pytester.makepyfile("def helper(): pass\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    run = show()
+    assert (run["status"], run["selection"], run["results"]) == ("no_tests", [], [])
+
+
+def test_default_store_is_gitignored(pytester: pytest.Pytester, store_path: Path) -> None:
+    pytester.makepyfile("def test_a(): pass\n")
+    pytester.runpytest()
+    assert (store_path.parent / ".gitignore").read_text().splitlines()[-1] == "*"
+
+
+def test_finished_runs_are_immutable_in_the_database(
+    pytester: pytest.Pytester, store_path: Path
+) -> None:
+    pytester.makepyfile("def test_a(): pass\n")
+    pytester.runpytest()
+    connection = sqlite3.connect(store_path)
+    try:
+        for statement in (
+            "UPDATE runs SET status = 'failed'",
+            "DELETE FROM runs",
+            "UPDATE results SET outcome = 1",
+            "DELETE FROM results",
+            "INSERT INTO results VALUES (1, 5, 0, 1, 0, 0, 0, NULL, NULL, 0, 'x', 'x')",
+        ):
+            with pytest.raises(sqlite3.IntegrityError, match="a finished run cannot be changed"):
+                connection.execute(statement)
+    finally:
+        connection.close()
+
+
+def test_results_view_spells_outcomes(pytester: pytest.Pytester, store_path: Path) -> None:
+    pytester.makepyfile("def test_a(): pass\ndef test_b(): assert 0\n")
+    pytester.runpytest()
+    connection = sqlite3.connect(store_path)
+    try:
+        rows = connection.execute("SELECT outcome, phase FROM results_view ORDER BY position")
+        assert rows.fetchall() == [("passed", "call"), ("failed", "call")]
+    finally:
+        connection.close()
