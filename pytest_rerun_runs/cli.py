@@ -27,7 +27,7 @@ EPILOG = """\
 examples:
   pytest-runs list --limit 5
   pytest-runs show last
-  pytest-runs show 12 --format json
+  pytest-runs show 1 --format json
   pytest-runs --store=ci/runs.db list --format json
 """
 
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "show",
         help="show one run with its results",
         description="Show one run: invocation, counts and per-test results.",
-        epilog="examples:\n  pytest-runs show last\n  pytest-runs show 12 --format json",
+        epilog="examples:\n  pytest-runs show last\n  pytest-runs show 1 --format json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     show_parser.add_argument("run", metavar="ID|last")

@@ -1,4 +1,4 @@
-"""pytest hooks: options, ini settings and wiring of the recorder.
+"""pytest hooks: options, ini settings and wiring of the recorder and the retry.
 
 Registered through the ``pytest11`` entry point as ``rerun_runs``, so
 ``-p no:rerun_runs`` disables it.
@@ -17,23 +17,38 @@ import pytest
 
 from pytest_rerun_runs import locate
 from pytest_rerun_runs.invocation import ci_info, git_info
+from pytest_rerun_runs.planner import (
+    NothingToRetry,
+    PlanMatcher,
+    RetryPlan,
+    RetryRefused,
+    plan_retry,
+    retry_mode,
+    summarize_ids,
+)
 from pytest_rerun_runs.recorder import Recorder, relative_file
 from pytest_rerun_runs.store import (
     Invocation,
     NewRun,
+    Result,
+    RetryMode,
+    Run,
     RunFinish,
     RunStore,
     SelectedTest,
     Selection,
+    StoreError,
+    StoreNotFound,
     open_store,
 )
 
 PLUGIN_NAME = "rerun-runs-recorder"
+WORKERINPUT_KEY = "rerun_runs_plan"
 recording_key = pytest.StashKey["RecordingPlugin"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("rerun-runs", "run history (pytest-rerun-runs)")
+    group = parser.getgroup("rerun-runs", "run history and retries (pytest-rerun-runs)")
     group.addoption(
         "--runs-store",
         metavar="PATH",
@@ -42,18 +57,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f" ${locate.ENV_VAR} and the '{locate.INI_NAME}' ini option). Write it as"
         " --runs-store=PATH: a separate PATH can be taken for a test path by pytest.",
     )
-    group.addoption(
-        "--run-label",
-        metavar="TEXT",
-        default=None,
-        help="A label stored on this session's run.",
-    )
+    group.addoption("--run-label", metavar="TEXT", default=None, help="A label stored on the run.")
     group.addoption(
         "--run-meta",
         metavar="KEY=VALUE",
         action="append",
         default=[],
-        help="Metadata stored on this session's run (repeatable).",
+        help="Metadata stored on the run (repeatable).",
+    )
+    group.addoption(
+        "--retry-run",
+        metavar="ID",
+        default=None,
+        help="Run the recorded selection of run ID ('last': the newest finished run) as a"
+        " new run linked to it. Paths, node ids, -k and -m narrow it further.",
+    )
+    group.addoption(
+        "--failed-only",
+        action="store_true",
+        default=False,
+        help="With --retry-run: only the tests that failed or errored (and, if the source"
+        " stopped early, those that never ran), and its collection errors.",
+    )
+    group.addoption(
+        "--retry-reason", metavar="TEXT", default=None, help="With --retry-run: why, stored."
+    )
+    group.addoption(
+        "--retry-order",
+        choices=("recorded", "collected"),
+        default=None,
+        help="With --retry-run: run in the source's recorded order (default) or pytest's.",
     )
     parser.addini(
         "runs_flush_interval",
@@ -67,15 +100,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    if hasattr(config, "workerinput"):
-        config.pluginmanager.register(WorkerPlugin(config), "rerun-runs-worker")
-        return
-    if _not_a_test_session(config):
-        return
-    plugin = RecordingPlugin(config)
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """Validate the options and plan a retry before anything is collected or written."""
+    if hasattr(config, "workerinput") or _not_a_test_session(config):
+        _reject_retry_options_without_retry(config)
+        return None
+    try:
+        plugin = RecordingPlugin(config)
+    except NothingToRetry as exc:
+        sys.stdout.write(f"{exc}\n")
+        return int(pytest.ExitCode.NO_TESTS_COLLECTED)
     config.stash[recording_key] = plugin
     config.pluginmanager.register(plugin, PLUGIN_NAME)
+    if plugin.retry is not None:
+        retry_plugin = RetryPlugin(config, plugin.retry.to_workerinput())
+        config.pluginmanager.register(retry_plugin, "rerun-runs-retry")
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        return
+    config.pluginmanager.register(WorkerPlugin(config), "rerun-runs-worker")
+    plan = config.workerinput.get(WORKERINPUT_KEY)
+    if plan is not None:
+        config.pluginmanager.register(RetryPlugin(config, plan), "rerun-runs-retry")
 
 
 def _not_a_test_session(config: pytest.Config) -> bool:
@@ -91,6 +141,18 @@ def _not_a_test_session(config: pytest.Config) -> bool:
             "markers",
         )
     )
+
+
+def _reject_retry_options_without_retry(config: pytest.Config) -> None:
+    if config.getoption("retry_run") is not None:
+        return
+    if config.getoption("failed_only"):
+        raise pytest.UsageError(
+            "--failed-only needs --retry-run (hint: --retry-run last --failed-only)"
+        )
+    for option in ("--retry-reason", "--retry-order"):
+        if config.getoption(option.lstrip("-").replace("-", "_")) is not None:
+            raise pytest.UsageError(f"{option} needs --retry-run")
 
 
 def parse_meta(values: list[str]) -> dict[str, str]:
@@ -121,16 +183,14 @@ def check_separate_path_option(config: pytest.Config, option: str) -> None:
     file given as a separate token counts as a test path there.
     """
     args = [str(arg) for arg in config.invocation_params.args]
+    invocation_dir = config.invocation_params.dir
     for index, arg in enumerate(args[:-1]):
         if arg != option:
             continue
         value = args[index + 1]
-        path = config.invocation_params.dir / value
-        invocation_dir = config.invocation_params.dir
         if (
-            path.exists()
+            (invocation_dir / value).exists()
             and config.inipath is None
-            and config.rootpath != invocation_dir
             and config.rootpath in invocation_dir.parents
         ):
             raise pytest.UsageError(
@@ -139,12 +199,19 @@ def check_separate_path_option(config: pytest.Config, option: str) -> None:
             )
 
 
+def user_gave_paths(config: pytest.Config) -> bool:
+    """Whether the collection arguments came from the command line (or addopts)."""
+    return bool(config.args_source == pytest.Config.ArgsSource.ARGS)
+
+
 class RecordingPlugin:
-    """Records the session as a run (controller process only)."""
+    """Records the session as a run (controller process only); applies a retry plan."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
+        _reject_retry_options_without_retry(config)
         check_separate_path_option(config, "--runs-store")
+        check_separate_path_option(config, "--retry-run")
         self.meta = parse_meta(config.getoption("run_meta"))
         self.label: str | None = config.getoption("run_label")
         invocation_dir = config.invocation_params.dir
@@ -156,16 +223,97 @@ class RecordingPlugin:
         )
         self.display_location = locate.display_path(self.store_location, invocation_dir)
         self.recorder = Recorder(
-            self._open_store, self._warn, flush_interval=parse_flush_interval(config)
+            self._open_store,
+            self._warn,
+            flush_interval=parse_flush_interval(config),
+            on_result=self._on_result,
         )
         self.created_at = time.time()
         self.deselected = 0
         self.selection: list[SelectedTest] | None = None
         self.warnings: list[str] = []
-        self.xdist_controller = False
-        self.worker_deselected_seen = False
+        self.notes: list[str] = []
+        self.worker_output_seen = False
+        self.missing: list[str] = []
+        self.source_failures: set[str] = set()
+        self.passed_on_retry: list[str] = []
+        self.retry: RetryPlan | None = None
+        retry_option = config.getoption("retry_run")
+        if retry_option is not None:
+            self.retry = self._plan(retry_option)
 
-    # -- store ----------------------------------------------------------------
+    # -- retry planning ---------------------------------------------------------
+
+    def _plan(self, value: str) -> RetryPlan:
+        config = self.config
+        try:
+            store = open_store(self.store_location, create=False)
+        except StoreNotFound as exc:
+            raise pytest.UsageError(f"--retry-run {value}: {exc}") from None
+        except StoreError as exc:
+            raise pytest.UsageError(f"--retry-run {value}: {exc}") from None
+        try:
+            source = self._load_source(store, value)
+        except StoreError as exc:
+            raise pytest.UsageError(f"--retry-run {value}: {exc}") from None
+        finally:
+            store.close()
+        try:
+            plan = plan_retry(
+                source,
+                failed_only=config.getoption("failed_only"),
+                reason=config.getoption("retry_reason"),
+                order=config.getoption("retry_order") or "recorded",
+            )
+        except RetryRefused as exc:
+            raise pytest.UsageError(f"--retry-run {value}: {exc}") from None
+        rootdir = config.rootpath
+        existing = [f for f in plan.files if (rootdir / f).exists()]
+        if not existing:
+            raise pytest.UsageError(
+                f"--retry-run {value}: none of the {len(plan.tests)} planned tests of run"
+                f" {source.id} exist any more (missing files: {summarize_ids(plan.files)})"
+            )
+        if not user_gave_paths(config):
+            # Collect only the files that hold planned tests, the way explicit
+            # node ids would: no other directory is walked, no other module imported.
+            config.args = [str(rootdir / f) for f in existing]
+        failing = ("failed", "error")
+        self.source_failures = {r.nodeid for r in source.results if r.outcome in failing}
+        self._note_differences(source)
+        return plan
+
+    def _load_source(self, store: RunStore, value: str) -> Run:
+        if value == "last":
+            run_id = store.latest_run_id(finished=True)
+            if run_id is None:
+                raise StoreError(f"{store.location} holds no finished run to retry")
+            return store.get_run(run_id)
+        try:
+            run_id = int(value)
+        except ValueError:
+            run_id = 0
+        if run_id < 1:
+            raise pytest.UsageError(
+                f"--retry-run expects a run id (a positive number) or 'last', got {value!r}"
+            )
+        return store.get_run(run_id)
+
+    def _note_differences(self, source: Run) -> None:
+        recorded = source.summary.invocation
+        now_git = git_info(self.config.rootpath)
+        if recorded.git.commit and now_git.commit and recorded.git.commit != now_git.commit:
+            self.notes.append(
+                f"note: run {source.id} was recorded at commit {recorded.git.commit[:12]},"
+                f" this is {now_git.commit[:12]}"
+            )
+        python = ".".join(map(str, sys.version_info[:3]))
+        if recorded.python != python:
+            self.notes.append(
+                f"note: run {source.id} was recorded on Python {recorded.python}, this is {python}"
+            )
+
+    # -- store ------------------------------------------------------------------
 
     def _open_store(self) -> RunStore:
         if self.default_store:
@@ -178,11 +326,14 @@ class RecordingPlugin:
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
 
-    # -- collection -----------------------------------------------------------
+    def _on_result(self, result: Result) -> None:
+        if result.outcome == "passed" and result.nodeid in self.source_failures:
+            self.passed_on_retry.append(result.nodeid)
+
+    # -- collection ---------------------------------------------------------------
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.created_at = time.time()
-        self.xdist_controller = self.config.pluginmanager.has_plugin("dsession")
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_collection_modifyitems(
@@ -209,8 +360,18 @@ class RecordingPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        retry = self.config.pluginmanager.get_plugin("rerun-runs-retry")
+        if isinstance(retry, RetryPlugin):
+            if retry.aborted:
+                return
+            self.missing = retry.missing
         if self.selection is not None or self.recorder.has_pending_results:
             self._start(self.selection or [])
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        if self.retry is not None:
+            node.workerinput[WORKERINPUT_KEY] = self.retry.to_workerinput()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
@@ -219,14 +380,20 @@ class RecordingPlugin:
         # Under xdist the controller only learns node ids; the file of a node id
         # is the part before its first "::", as pytest builds node ids.
         self._start([SelectedTest(nodeid, nodeid.split("::")[0]) for nodeid in ids])
-        self._write_start_line()
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            for line in self._start_lines():
+                reporter.write_line(line)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         output = getattr(node, "workeroutput", None) or {}
-        if "rerun_runs_deselected" in output and not self.worker_deselected_seen:
-            self.worker_deselected_seen = True
-            self.deselected += int(output["rerun_runs_deselected"])
+        if "rerun_runs_deselected" not in output or self.worker_output_seen:
+            return
+        # Every worker collects and deselects the same; one worker's figures count.
+        self.worker_output_seen = True
+        self.deselected += int(output["rerun_runs_deselected"])
+        self.missing = list(output.get("rerun_runs_missing", []))
 
     def _invocation(self) -> Invocation:
         config = self.config
@@ -235,6 +402,7 @@ class RecordingPlugin:
             f"{uname.sysname}-{uname.release}-{uname.machine}" if uname else sys.platform
         )
         workers = getattr(config.option, "numprocesses", None)
+        distributions = config.pluginmanager.list_plugin_distinfo()
         return Invocation(
             args=[str(arg) for arg in config.invocation_params.args],
             invocation_dir=str(config.invocation_params.dir),
@@ -245,46 +413,72 @@ class RecordingPlugin:
             platform=platform_name,
             host=socket.gethostname(),
             pid=os.getpid(),
-            plugins=sorted(
-                {
-                    f"{dist.project_name}-{dist.version}"
-                    for _, dist in config.pluginmanager.list_plugin_distinfo()
-                }
-            ),
+            plugins=sorted({f"{dist.project_name}-{dist.version}" for _, dist in distributions}),
             workers=workers if isinstance(workers, int) else None,
             git=git_info(config.rootpath),
             ci=ci_info(),
         )
 
+    def _mode(self) -> RetryMode:
+        if self.retry is None:
+            return "full"
+        selected = {test.nodeid for test in self.selection or []}
+        return retry_mode(self.retry, selected, self.missing)
+
     def _start(self, tests: list[SelectedTest]) -> None:
         self.selection = tests
+        retry = self.retry
         new_run = NewRun(
             invocation=self._invocation(),
             created_at=self.created_at,
             started_at=time.time(),
             label=self.label,
             meta=self.meta,
+            source_run_id=retry.source_run_id if retry else None,
+            root_run_id=retry.root_run_id if retry else None,
+            attempt=retry.attempt if retry else 1,
+            mode=self._mode(),
+            reason=retry.reason if retry else None,
         )
-        self.recorder.start(new_run, Selection(tests=tests, deselected=self.deselected))
+        self.recorder.start(
+            new_run, Selection(tests=tests, deselected=self.deselected, missing=self.missing)
+        )
 
-    # -- running --------------------------------------------------------------
+    # -- running ------------------------------------------------------------------
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.recorder.add_test_report(report)
 
-    def pytest_report_collectionfinish(self) -> str | None:
-        return self._start_line()
+    def pytest_report_collectionfinish(self) -> list[str]:
+        return self._start_lines()
 
-    def _start_line(self) -> str | None:
-        if self.recorder.run_id is None or self.config.get_verbosity() < -1:
-            return None
-        return f"rerun-runs: recording run {self.recorder.run_id} in {self.display_location}"
+    def _start_lines(self) -> list[str]:
+        lines: list[str] = []
+        if self.config.get_verbosity() < -1:
+            return lines
+        retry = self.retry
+        if retry is not None:
+            mode = {"full": "all tests", "failed_only": "failed-only"}[retry.mode]
+            planned = len(retry.tests) + len(retry.collectors)
+            lines.append(
+                f"rerun-runs: retrying run {retry.source_run_id} ({mode}): {planned:,} of"
+                f" {retry.source_size:,} tests, attempt {retry.attempt}"
+            )
+            lines.extend(f"rerun-runs: {note}" for note in self.notes)
+        if self.missing:
+            lines.append(self._missing_line())
+        if self.recorder.run_id is not None:
+            lines.append(
+                f"rerun-runs: recording run {self.recorder.run_id} in {self.display_location}"
+            )
+        return lines
 
-    def _write_start_line(self) -> None:
-        line = self._start_line()
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if line and reporter is not None:
-            reporter.write_line(line)
+    def _missing_line(self) -> str:
+        assert self.retry is not None
+        return (
+            f"rerun-runs: warning: {len(self.missing)} tests of run {self.retry.source_run_id}"
+            f" no longer exist: {summarize_ids(self.missing)}"
+        )
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -296,9 +490,10 @@ class RecordingPlugin:
                 exit_status=exit_status,
                 finished_at=time.time(),
                 deselected=self.deselected,
+                mode=self._mode() if self.retry is not None else None,
+                missing=self.missing if self.retry is not None else None,
             )
         )
-        self.exit_status = exit_status
         if self.config.pluginmanager.get_plugin("terminalreporter") is None:
             for message in self.warnings:
                 sys.stderr.write(f"rerun-runs: warning: {message}\n")
@@ -307,7 +502,17 @@ class RecordingPlugin:
         for message in self.warnings:
             terminalreporter.write_line(f"rerun-runs: warning: {message}", yellow=True)
         run_id = self.recorder.run_id
-        if run_id is None or self.recorder.disabled or self.config.get_verbosity() < -1:
+        if self.config.get_verbosity() < -1:
+            return
+        if self.missing and self.config.pluginmanager.has_plugin("dsession"):
+            # Under xdist the workers report missing tests only at their end.
+            terminalreporter.write_line(self._missing_line(), yellow=True)
+        if self.passed_on_retry:
+            terminalreporter.write_line(
+                f"rerun-runs: passed on retry (flaky candidates): "
+                f"{summarize_ids(self.passed_on_retry)}"
+            )
+        if run_id is None or self.recorder.disabled:
             return
         terminalreporter.write_line(
             f"run {run_id} recorded: {self._counts_text()} in {self.display_location}"
@@ -317,6 +522,60 @@ class RecordingPlugin:
         counts = self.recorder.counts()
         parts = [f"{number} {name.replace('_', ' ')}" for name, number in counts.items() if number]
         return ", ".join(parts) or "no tests"
+
+
+class RetryPlugin:
+    """Keeps what a retry plan selects, in the plan's order, and deselects the rest.
+
+    Runs where collection happens: in the controller, or on each xdist worker.
+    """
+
+    def __init__(self, config: pytest.Config, plan: dict[str, Any]) -> None:
+        self.config = config
+        self.matcher = PlanMatcher(plan["tests"], plan["collectors"])
+        self.planned: list[SelectedTest] = [SelectedTest(*test) for test in plan["tests"]]
+        self.order: str = plan["order"]
+        self.missing: list[str] = []
+        self.aborted = False
+        if hasattr(config, "workerinput") and not user_gave_paths(config):
+            rootdir = config.rootpath
+            files = dict.fromkeys(t[1] for t in (*plan["tests"], *plan["collectors"]))
+            config.args = [str(rootdir / f) for f in files if (rootdir / f).exists()]
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        rank = self.matcher.rank
+        ranked = [(rank(item.nodeid), index, item) for index, item in enumerate(items)]
+        kept = [entry for entry in ranked if entry[0] is not None]
+        dropped = [item for position, _, item in ranked if position is None]
+        collected = {item.nodeid for item in items}
+        self.missing = self._missing(collected)
+        if not kept and self.missing and not hasattr(config, "workerinput"):
+            self.aborted = True
+            raise pytest.UsageError(
+                f"none of the {len(self.planned)} planned tests exist any more"
+                f" (not found: {summarize_ids(self.missing)})"
+            )
+        if self.order == "recorded":
+            kept.sort(key=lambda entry: (entry[0], entry[1]))
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for _, _, item in kept]
+
+    def _missing(self, collected: set[str]) -> list[str]:
+        rootdir = self.config.rootpath
+        if user_gave_paths(self.config):
+            # Paths and node ids narrow collection on purpose: only a test whose
+            # file is gone is known to be missing.
+            return [t.nodeid for t in self.planned if not (rootdir / t.file).exists()]
+        return [t.nodeid for t in self.planned if t.nodeid not in collected]
+
+    def pytest_sessionfinish(self) -> None:
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is not None:
+            workeroutput["rerun_runs_missing"] = self.missing
 
 
 class WorkerPlugin:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pytest_rerun_runs.store import (
@@ -49,18 +48,19 @@ def skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
     return report.longreprtext
 
 
-@dataclass
 class _TestProgress:
     """What is known about a test between its setup and teardown reports."""
 
-    outcome: Outcome = "passed"
-    when: Phase = "call"
-    setup: float = 0.0
-    call: float = 0.0
-    teardown: float = 0.0
-    longrepr: str | None = None
-    rerun_attempts: int = 0
-    rerun_pending: bool = False
+    __slots__ = ("call", "longrepr", "outcome", "rerun_attempts", "rerun_pending", "setup", "when")
+
+    def __init__(self, rerun_attempts: int = 0) -> None:
+        self.outcome: Outcome = "passed"
+        self.when: Phase = "call"
+        self.setup = 0.0
+        self.call = 0.0
+        self.longrepr: str | None = None
+        self.rerun_attempts = rerun_attempts
+        self.rerun_pending = False
 
 
 class Recorder:
@@ -76,7 +76,9 @@ class Recorder:
         warn: Callable[[str], None],
         flush_interval: float = FLUSH_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        on_result: Callable[[Result], None] | None = None,
     ) -> None:
+        self._on_result = on_result
         self._open_store = open_store
         self._warn = warn
         self._flush_interval = flush_interval
@@ -129,40 +131,40 @@ class Recorder:
 
     def add_test_report(self, report: pytest.TestReport) -> None:
         nodeid = report.nodeid
-        progress = self._progress.get(nodeid)
         when = report.when
-        if progress is None or when == "setup":
+        outcome: str = report.outcome
+        # The attribute pytest's skipping plugin sets; a dict lookup is much
+        # cheaper than hasattr() on the common path, where it is missing.
+        wasxfail = report.__dict__.get("wasxfail")
+        if when == "setup":
             # A setup report starts a new attempt (pytest-rerunfailures reruns
             # start again from setup); only the rerun count carries over.
-            reruns = progress.rerun_attempts if progress is not None else 0
-            progress = self._progress[nodeid] = _TestProgress(rerun_attempts=reruns)
-        outcome: str = report.outcome
-        if when == "setup":
+            previous = self._progress.get(nodeid)
+            progress = _TestProgress(previous.rerun_attempts if previous is not None else 0)
+            self._progress[nodeid] = progress
             progress.setup = report.duration
-        elif when == "call":
-            progress.call = report.duration
-        elif when == "teardown":
-            progress.teardown = report.duration
-
-        if outcome == "rerun":
-            progress.rerun_attempts += 1
-            progress.rerun_pending = True
-            if when not in ("setup", "call", "teardown"):  # a crashed worker, rescheduled
-                progress.rerun_pending = False
-                progress.outcome, progress.when = "passed", "call"
-            return
-        if outcome == "passed":
+        else:
+            found = self._progress.get(nodeid)
+            if found is None:
+                found = self._progress[nodeid] = _TestProgress()
+            progress = found
             if when == "call":
-                progress.outcome = "xpassed" if hasattr(report, "wasxfail") else "passed"
-                if hasattr(report, "wasxfail"):
-                    progress.longrepr = report.wasxfail
+                progress.call = report.duration
+
+        if outcome == "passed":
+            if when == "call" and wasxfail is not None:
+                progress.outcome, progress.longrepr = "xpassed", wasxfail
+        elif outcome == "rerun":
+            progress.rerun_attempts += 1
+            # A crashed xdist worker's test that is rescheduled has no teardown to wait for.
+            progress.rerun_pending = when in ("setup", "call", "teardown")
+            return
         elif outcome == "skipped":
-            if hasattr(report, "wasxfail"):
-                progress.outcome, progress.when = "xfailed", when
-                progress.longrepr = report.wasxfail
+            if wasxfail is not None:
+                progress.outcome, progress.longrepr = "xfailed", wasxfail
             else:
-                progress.outcome, progress.when = "skipped", when
-                progress.longrepr = skip_reason(report)
+                progress.outcome, progress.longrepr = "skipped", skip_reason(report)
+            progress.when = when
         elif when == "call":
             progress.outcome, progress.when = "failed", "call"
             progress.longrepr = report.longreprtext
@@ -178,18 +180,18 @@ class Recorder:
                 progress.rerun_pending = False
                 return
             del self._progress[nodeid]
-            worker = getattr(report, "worker_id", None)
+            longrepr = progress.longrepr
             self._add(
                 Result(
-                    nodeid=nodeid,
-                    outcome=progress.outcome,
-                    when=progress.when,
-                    setup_duration=progress.setup,
-                    call_duration=progress.call,
-                    teardown_duration=progress.teardown,
-                    worker=worker,
-                    longrepr=None if progress.longrepr is None else cap_longrepr(progress.longrepr),
-                    rerun_attempts=progress.rerun_attempts,
+                    nodeid,
+                    progress.outcome,
+                    progress.when,
+                    progress.setup,
+                    progress.call,
+                    report.duration if when == "teardown" else 0.0,
+                    report.__dict__.get("worker_id"),
+                    None if longrepr is None else cap_longrepr(longrepr),
+                    progress.rerun_attempts,
                 )
             )
 
@@ -216,6 +218,8 @@ class Recorder:
         if self.disabled:
             return
         self._counts[result.outcome] += 1
+        if self._on_result is not None:
+            self._on_result(result)
         if result.nodeid in self._selected:
             self._selected_reported += 1
         self._pending.append(result)

@@ -5,7 +5,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ def run_cli(*args: str, cwd: Path | None = None) -> tuple[int, str]:
         os.chdir(cwd)
     try:
         code = cli.main(list(args), out=out)
+    except SystemExit as exit:  # argparse rejects the arguments
+        code = int(exit.code or 0)
     finally:
         os.chdir(old)
     return code, out.getvalue()
@@ -49,7 +51,9 @@ def show(store_path: Path) -> Callable[..., RunDict]:
     """``pytest-runs show ID --format json`` of the default store, parsed."""
 
     def show(run: str | int = "last", store: Path | None = None) -> RunDict:
-        code, out = run_cli("--store", str(store or store_path), "show", str(run), "--format", "json")
+        code, out = run_cli(
+            "--store", str(store or store_path), "show", str(run), "--format", "json"
+        )
         assert code == 0
         result: RunDict = json.loads(out)
         return result
@@ -74,8 +78,3 @@ def run_pytest_subprocess(
         timeout=timeout,
         check=False,
     )
-
-
-@pytest.fixture
-def subprocess_env() -> Iterator[dict[str, str]]:
-    yield {"PYTHONDONTWRITEBYTECODE": "1"}

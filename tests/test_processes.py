@@ -124,7 +124,15 @@ def test_concurrent_sessions_on_one_store_all_succeed(
     )
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--runs-store={store}"],
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                f"--runs-store={store}",
+            ],
             cwd=pytester.path,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -228,7 +228,9 @@ def test_failure_and_skip_text_is_recorded(
     assert by_id["test_shapes.py::test_pass"]["longrepr"] is None
 
 
-def test_long_failure_text_is_capped(pytester: pytest.Pytester, show: Callable[..., RunDict]) -> None:
+def test_long_failure_text_is_capped(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
     pytester.makepyfile("def test_long():\n    assert False, 'x' * 100_000\n")
     pytester.runpytest()
     (result,) = show()["results"]
@@ -357,7 +359,10 @@ def test_rerunfailures_attempts_are_counted(
     assert result.parseoutcomes() == {"passed": 2, "failed": 1, "rerun": 3}
     by_id = {r["nodeid"].split("::")[1]: r for r in show()["results"]}
     assert (by_id["test_flaky"]["outcome"], by_id["test_flaky"]["rerun_attempts"]) == ("passed", 1)
-    assert (by_id["test_broken"]["outcome"], by_id["test_broken"]["rerun_attempts"]) == ("failed", 2)
+    assert (by_id["test_broken"]["outcome"], by_id["test_broken"]["rerun_attempts"]) == (
+        "failed",
+        2,
+    )
     assert (by_id["test_fine"]["outcome"], by_id["test_fine"]["rerun_attempts"]) == ("passed", 0)
 
 
@@ -398,9 +403,7 @@ def test_invocation_is_recorded(pytester: pytest.Pytester, show: Callable[..., R
     assert any(p.startswith("pytest-rerun-runs-") for p in invocation["plugins"])
 
 
-def test_ids_increase_and_list_is_newest_first(
-    pytester: pytest.Pytester, store_path: Path
-) -> None:
+def test_ids_increase_and_list_is_newest_first(pytester: pytest.Pytester, store_path: Path) -> None:
     from tests.conftest import run_cli
 
     pytester.makepyfile("def test_a(): pass\n")
@@ -458,7 +461,9 @@ def test_usage_error_of_pytest_records_nothing(pytester: pytest.Pytester, store_
     assert not store_path.exists()
 
 
-def test_no_tests_collected_is_recorded(pytester: pytest.Pytester, show: Callable[..., RunDict]) -> None:
+def test_no_tests_collected_is_recorded(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
     pytester.makepyfile("def helper(): pass\n")
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED

@@ -27,8 +27,10 @@ def test_unwritable_store(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest(f"--runs-store={blocker}/runs.db")
     assert_session_unchanged(result)
     result.stdout.fnmatch_lines(
-        [f"rerun-runs: warning: cannot open run store {blocker}/runs.db: *; this session is not"
-         " recorded (tests run as usual)"]
+        [
+            f"rerun-runs: warning: cannot open run store {blocker}/runs.db: *; this session is not"
+            " recorded (tests run as usual)"
+        ]
     )
     assert result.stdout.str().count("rerun-runs: warning") == 1
     assert "recorded:" not in result.stdout.str()

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 Outcome = Literal["passed", "failed", "error", "skipped", "xfailed", "xpassed", "not_run"]
 OUTCOMES: tuple[Outcome, ...] = (
@@ -101,8 +101,7 @@ class Invocation:
         return cls(**values)
 
 
-@dataclass(frozen=True)
-class SelectedTest:
+class SelectedTest(NamedTuple):
     """One entry of a run's selection: a node id and the file pytest collected it from
     (relative to the rootdir, ``/``-separated)."""
 
@@ -110,9 +109,11 @@ class SelectedTest:
     file: str
 
 
-@dataclass(frozen=True)
-class Result:
-    """The final outcome of one selected test (or one collection error)."""
+class Result(NamedTuple):
+    """The final outcome of one selected test (or one collection error).
+
+    A named tuple: one is made per test while the session runs, so it must be cheap.
+    """
 
     nodeid: str
     outcome: Outcome

@@ -1,0 +1,145 @@
+"""Retry planning: pure functions from a source run and options to a retry plan.
+
+No pytest and no I/O here: the plugin hands in a :class:`~pytest_rerun_runs.store.Run`
+and applies the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pytest_rerun_runs.store import RetryMode, Run, SelectedTest
+
+RetryOrder = Literal["recorded", "collected"]
+
+#: Outcomes that ``--failed-only`` retries. ``not_run`` tests exist only when the
+#: source stopped early (Ctrl-C, -x, --maxfail, a killed process, a crashed
+#: worker): retrying them resumes from the failure point.
+RETRY_OUTCOMES = frozenset({"failed", "error", "not_run"})
+
+
+class RetryRefused(Exception):
+    """The source cannot be retried as asked (a usage error)."""
+
+
+class NothingToRetry(Exception):
+    """``--failed-only`` on a finished run without failures."""
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    source_run_id: int
+    root_run_id: int
+    attempt: int
+    mode: RetryMode
+    reason: str | None
+    order: RetryOrder
+    #: Node ids to run, in the source's order.
+    tests: tuple[SelectedTest, ...]
+    #: Collectors that failed to collect in the source: everything they collect now
+    #: is selected, at their position.
+    collectors: tuple[SelectedTest, ...]
+    #: Number of tests in the source's selection.
+    source_size: int
+
+    @property
+    def files(self) -> list[str]:
+        """Files (relative to the rootdir) holding planned tests, in plan order."""
+        return list(dict.fromkeys(t.file for t in (*self.tests, *self.collectors)))
+
+    def to_workerinput(self) -> dict[str, Any]:
+        """The plan as plain data for xdist workers."""
+        return {
+            "tests": [list(t) for t in self.tests],
+            "collectors": [list(c) for c in self.collectors],
+            "order": self.order,
+        }
+
+
+def plan_retry(
+    source: Run,
+    *,
+    failed_only: bool,
+    reason: str | None = None,
+    order: RetryOrder = "recorded",
+) -> RetryPlan:
+    """The retry of ``source``: its whole selection, or with ``failed_only`` the
+    tests that failed, errored or never ran, plus its collection errors."""
+    summary = source.summary
+    if failed_only and summary.status == "running":
+        inv = summary.invocation
+        raise RetryRefused(
+            f"run {summary.id} is still running (host {inv.host}, pid {inv.pid}); wait for it"
+            " to finish, or retry its whole selection without --failed-only"
+        )
+    selected = {test.nodeid for test in source.selection}
+    collectors = tuple(
+        SelectedTest(r.nodeid, r.file or r.nodeid.split("::")[0])
+        for r in source.results
+        if r.when == "collect" and r.outcome == "error" and r.nodeid not in selected
+    )
+    if failed_only:
+        failing = {r.nodeid for r in source.results if r.outcome in RETRY_OUTCOMES}
+        tests = tuple(t for t in source.selection if t.nodeid in failing)
+        if not tests and not collectors:
+            raise NothingToRetry(f"run {summary.id} has no failed tests to retry")
+    else:
+        tests = tuple(source.selection)
+    return RetryPlan(
+        source_run_id=summary.id,
+        root_run_id=summary.root_run_id,
+        attempt=summary.attempt + 1,
+        mode="failed_only" if failed_only else "full",
+        reason=reason,
+        order=order,
+        tests=tests,
+        collectors=collectors,
+        source_size=len(source.selection),
+    )
+
+
+class PlanMatcher:
+    """Decides, item by item, what of a collection belongs to a plan, and in which order."""
+
+    def __init__(self, tests: Iterable[Sequence[str]], collectors: Iterable[Sequence[str]]) -> None:
+        self.position: dict[str, int] = {}
+        for test in tests:
+            self.position.setdefault(test[0], len(self.position))
+        self.collector_prefixes: list[tuple[str, int]] = []
+        for collector in collectors:
+            self.collector_prefixes.append((collector[0], len(self.position)))
+            self.position.setdefault(f"\0collector:{collector[0]}", len(self.position))
+
+    def rank(self, nodeid: str) -> int | None:
+        """The position of ``nodeid`` in the plan, or ``None`` if it is not planned."""
+        found = self.position.get(nodeid)
+        if found is not None:
+            return found
+        for prefix, position in self.collector_prefixes:
+            if is_below(nodeid, prefix):
+                return position
+        return None
+
+
+def is_below(nodeid: str, collector: str) -> bool:
+    """Whether ``nodeid`` is collected by the collector with node id ``collector``."""
+    if not collector:
+        return True
+    return nodeid.startswith((collector + "::", collector + "/"))
+
+
+def retry_mode(plan: RetryPlan, selected: set[str], missing: Sequence[str]) -> RetryMode:
+    """``subset`` when narrowing (paths, node ids, ``-k``, ``-m``) removed planned
+    tests that still exist; otherwise the plan's own mode."""
+    gone = set(missing)
+    narrowed = any(t.nodeid not in selected and t.nodeid not in gone for t in plan.tests)
+    return "subset" if narrowed else plan.mode
+
+
+def summarize_ids(nodeids: Sequence[str], limit: int = 5) -> str:
+    """The first few node ids and a count of the rest."""
+    shown = ", ".join(nodeids[:limit])
+    rest = len(nodeids) - limit
+    return f"{shown} (+{rest} more)" if rest > 0 else shown

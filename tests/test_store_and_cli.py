@@ -1,0 +1,461 @@
+"""The store location, the store interface, batching and ``pytest-runs list/show``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from pytest_rerun_runs.invocation import ci_info, git_info
+from pytest_rerun_runs.recorder import Recorder
+from pytest_rerun_runs.store import (
+    GitInfo,
+    Invocation,
+    NewRun,
+    Result,
+    RunFinish,
+    SelectedTest,
+    Selection,
+    open_store,
+)
+from tests.conftest import RunDict, run_cli
+
+
+def make_invocation(pid: int = 1, host: str = "host") -> Invocation:
+    return Invocation(
+        args=[],
+        invocation_dir="/p",
+        rootdir="/p",
+        inifile=None,
+        python="3",
+        pytest="9",
+        platform="x",
+        host=host,
+        pid=pid,
+    )
+
+
+# -- where the store is -------------------------------------------------------
+
+
+def test_option_beats_environment_beats_ini(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile("def test_a(): pass\n")
+    pytester.makeini("[pytest]\nruns_store = from-ini/runs.db\n")
+    pytester.runpytest()
+    assert (pytester.path / "from-ini" / "runs.db").exists()
+    monkeypatch.setenv("PYTEST_RUNS_STORE", str(pytester.path / "from-env.db"))
+    pytester.runpytest()
+    assert (pytester.path / "from-env.db").exists()
+    pytester.runpytest("--runs-store=from-option.db")
+    assert (pytester.path / "from-option.db").exists()
+    assert not (pytester.path / ".pytest_runs").exists()
+
+
+def test_separate_store_value_that_moved_the_rootdir_is_refused(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    project = pytester.mkdir("project")
+    (project / "test_a.py").write_text("def test_a(): pass\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    store = elsewhere / "runs.db"
+    store.write_bytes(b"")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        result = pytester.runpytest("--runs-store", str(store))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: --runs-store {store}: pytest took {store} for a test path and moved the"
+            f" rootdir to *; write --runs-store={store}"
+        ]
+    )
+    assert store.read_bytes() == b""
+
+
+def test_cli_finds_the_store_like_pytest(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nruns_store = history/runs.db\n")
+    pytester.makepyfile("def test_a(): pass\n")
+    pytester.runpytest()
+    sub = pytester.mkdir("sub")
+    code, out = run_cli("list", "--format", "json", cwd=sub)
+    assert code == 0
+    assert [run["id"] for run in json.loads(out)] == [1]
+
+
+# -- the store interface -------------------------------------------------------
+
+
+def test_store_round_trip(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "runs.db"))
+    try:
+        run_id = store.create_run(
+            NewRun(invocation=make_invocation(), created_at=1.0, started_at=2.0, label="l")
+        )
+        store.record_selection(
+            run_id,
+            Selection(
+                tests=[SelectedTest("a.py::t1", "a.py"), SelectedTest("a.py::t2", "a.py")],
+                deselected=3,
+            ),
+        )
+        store.append_results(run_id, [Result("a.py::t1", "failed", "call", call_duration=0.5)])
+        assert store.get_summary(run_id).status == "running"
+        store.finish_run(
+            run_id,
+            RunFinish(exit_status=1, finished_at=4.0),
+            [Result("broken.py", "error", "collect", longrepr="boom")],
+        )
+        run = store.get_run(run_id)
+    finally:
+        store.close()
+    assert run.summary.status == "failed"
+    assert run.summary.duration == 3.0
+    assert [(r.nodeid, r.outcome) for r in run.results] == [
+        ("a.py::t1", "failed"),
+        ("a.py::t2", "not_run"),
+        ("broken.py", "error"),
+    ]
+    assert run.results[0].call_duration == 0.5
+    assert run.summary.counts["not_run"] == 1
+    assert run.summary.deselected == 3
+
+
+def test_run_of_a_vanished_process_reads_interrupted(tmp_path: Path) -> None:
+    import socket
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(gone.stdout)
+    store = open_store(str(tmp_path / "runs.db"))
+    try:
+        invocation = make_invocation(pid=dead_pid, host=socket.gethostname())
+        run_id = store.create_run(NewRun(invocation=invocation, created_at=1.0, started_at=1.0))
+        assert store.get_summary(run_id).status == "interrupted"
+        assert store.latest_run_id(finished=True) == run_id
+        elsewhere = store.create_run(
+            NewRun(
+                invocation=make_invocation(pid=dead_pid, host="other-host"),
+                created_at=1.0,
+                started_at=1.0,
+            )
+        )
+        assert store.get_summary(elsewhere).status == "running"
+        assert store.latest_run_id(finished=True) == run_id
+    finally:
+        store.close()
+
+
+# -- batching --------------------------------------------------------------------
+
+
+class CountingStore:
+    """A store that counts the writes the recorder makes."""
+
+    location = "memory"
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.finished: list[int] = []
+
+    def create_run(self, new_run: NewRun) -> int:
+        return 1
+
+    def record_selection(self, run_id: int, selection: Selection) -> None:
+        pass
+
+    def append_results(self, run_id: int, results: Sequence[Result]) -> None:
+        self.batches.append(len(results))
+
+    def finish_run(self, run_id: int, finish: RunFinish, results: Sequence[Result] = ()) -> None:
+        self.finished.append(len(results))
+
+    def close(self) -> None:
+        pass
+
+
+def report(nodeid: str, when: str, outcome: str = "passed") -> pytest.TestReport:
+    return pytest.TestReport(nodeid, ("f.py", 0, nodeid), {}, outcome, None, when)  # type: ignore[arg-type]
+
+
+def test_results_are_written_in_batches_by_time() -> None:
+    store = CountingStore()
+    now = [0.0]
+    recorder = Recorder(lambda: store, lambda message: None, clock=lambda: now[0])  # type: ignore[arg-type,return-value]
+    tests = [SelectedTest(f"f.py::t{i}", "f.py") for i in range(1000)]
+    recorder.start(NewRun(make_invocation(), 0.0, 0.0), Selection(tests))
+    for test in tests:
+        now[0] += 1 / 256  # 256 tests a second, exactly representable
+        for when in ("setup", "call", "teardown"):
+            recorder.add_test_report(report(test.nodeid, when))
+    recorder.finish(RunFinish(exit_status=0, finished_at=3.0))
+    assert store.batches == [256, 256, 256]
+    assert store.finished == [232]
+    assert recorder.counts()["passed"] == 1000
+
+
+# -- git and CI ------------------------------------------------------------------
+
+
+def test_git_branch_and_commit_from_files(tmp_path: Path) -> None:
+    git = tmp_path / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/feature/x\n")
+    (git / "refs" / "heads" / "feature").mkdir()
+    (git / "refs" / "heads" / "feature" / "x").write_text("a" * 40 + "\n")
+    nested = tmp_path / "src" / "pkg"
+    nested.mkdir(parents=True)
+    assert git_info(nested) == GitInfo("feature/x", "a" * 40)
+
+
+def test_git_packed_refs_and_detached_head(tmp_path: Path) -> None:
+    git = tmp_path / ".git"
+    git.mkdir()
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "packed-refs").write_text(f"# pack-refs\n{'b' * 40} refs/heads/main\n")
+    assert git_info(tmp_path) == GitInfo("main", "b" * 40)
+    (git / "HEAD").write_text("c" * 40 + "\n")
+    assert git_info(tmp_path) == GitInfo(None, "c" * 40)
+
+
+def test_git_worktree_file(tmp_path: Path) -> None:
+    real = tmp_path / "real.git"
+    (real / "worktrees" / "wt").mkdir(parents=True)
+    (real / "refs" / "heads").mkdir(parents=True)
+    (real / "refs" / "heads" / "topic").write_text("d" * 40)
+    (real / "worktrees" / "wt" / "HEAD").write_text("ref: refs/heads/topic\n")
+    (real / "worktrees" / "wt" / "commondir").write_text("../..\n")
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / ".git").write_text(f"gitdir: {real / 'worktrees' / 'wt'}\n")
+    assert git_info(checkout) == GitInfo("topic", "d" * 40)
+
+
+def test_no_git_repository(tmp_path: Path) -> None:
+    assert git_info(tmp_path) == GitInfo()
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, {}),
+        (
+            {
+                "GITHUB_ACTIONS": "true",
+                "GITHUB_RUN_ID": "77",
+                "GITHUB_JOB": "test",
+                "GITHUB_REF_NAME": "main",
+                "GITHUB_SHA": "abc",
+            },
+            {
+                "provider": "github_actions",
+                "build_id": "77",
+                "job": "test",
+                "branch": "main",
+                "commit": "abc",
+            },
+        ),
+        (
+            {
+                "GITLAB_CI": "true",
+                "CI_PIPELINE_ID": "5",
+                "CI_JOB_NAME": "pytest",
+                "CI_COMMIT_REF_NAME": "dev",
+                "CI_COMMIT_SHA": "def",
+            },
+            {
+                "provider": "gitlab_ci",
+                "build_id": "5",
+                "job": "pytest",
+                "branch": "dev",
+                "commit": "def",
+            },
+        ),
+        (
+            {"JENKINS_URL": "http://j", "BUILD_NUMBER": "9"},
+            {"provider": "jenkins", "build_id": "9"},
+        ),
+        (
+            {"TF_BUILD": "True", "BUILD_BUILDID": "3"},
+            {"provider": "azure_pipelines", "build_id": "3"},
+        ),
+    ],
+)
+def test_ci_variables(environ: dict[str, str], expected: dict[str, str]) -> None:
+    assert ci_info(environ) == expected
+
+
+def test_ci_variables_are_recorded(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, show: Callable[..., RunDict]
+) -> None:
+    monkeypatch.setenv("CIRCLECI", "true")
+    monkeypatch.setenv("CIRCLE_BUILD_NUM", "12")
+    pytester.makepyfile("def test_a(): pass\n")
+    pytester.runpytest()
+    assert show()["invocation"]["ci"] == {"provider": "circleci", "build_id": "12"}
+
+
+# -- pytest-runs list / show ---------------------------------------------------------
+
+
+@pytest.fixture
+def two_runs(pytester: pytest.Pytester, store_path: Path) -> Path:
+    pytester.makepyfile("def test_ok(): pass\ndef test_bad(): assert False\n")
+    pytester.runpytest("--run-label=first")
+    pytester.runpytest("-k", "ok")
+    return store_path
+
+
+def test_list_table(two_runs: Path) -> None:
+    code, out = run_cli("--store", str(two_runs), "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "STATUS", "CREATED", "DURATION", "COUNTS", "LABEL", "SOURCE"]
+    assert lines[1].split()[:2] == ["2", "passed"]
+    assert lines[2].split()[:2] == ["1", "failed"]
+    assert "1 passed, 1 failed  first" in lines[2]
+
+
+def test_list_json_and_limit(two_runs: Path) -> None:
+    code, out = run_cli("--store", str(two_runs), "list", "--limit", "1", "--format", "json")
+    assert code == 0
+    (run,) = json.loads(out)
+    assert run["id"] == 2
+    assert run["counts"]["passed"] == 1
+    assert set(run) == {
+        "id",
+        "status",
+        "exit_status",
+        "created_at",
+        "duration",
+        "counts",
+        "label",
+        "source_run_id",
+        "root_run_id",
+        "attempt",
+        "mode",
+    }
+
+
+def test_show_json_contract(two_runs: Path) -> None:
+    code, out = run_cli("--store", str(two_runs), "show", "1", "--format", "json")
+    assert code == 0
+    run = json.loads(out)
+    assert list(run) == [
+        "id",
+        "status",
+        "exit_status",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "duration",
+        "label",
+        "meta",
+        "source_run_id",
+        "root_run_id",
+        "attempt",
+        "mode",
+        "reason",
+        "invocation",
+        "selection",
+        "deselected",
+        "missing",
+        "counts",
+        "results",
+    ]
+    assert (
+        run["source_run_id"],
+        run["root_run_id"],
+        run["attempt"],
+        run["mode"],
+        run["reason"],
+    ) == (None, 1, 1, "full", None)
+    assert set(run["invocation"]) >= {
+        "args",
+        "invocation_dir",
+        "rootdir",
+        "python",
+        "pytest",
+        "platform",
+        "host",
+        "git",
+        "ci",
+    }
+    assert set(run["results"][0]) >= {
+        "nodeid",
+        "outcome",
+        "when",
+        "duration",
+        "worker",
+        "longrepr",
+        "rerun_attempts",
+    }
+
+
+def test_show_text(two_runs: Path) -> None:
+    code, out = run_cli("--store", str(two_runs), "show", "last")
+    assert code == 0
+    assert out.startswith("run 2: passed (exit 0)")
+    code, out = run_cli("--store", str(two_runs), "show", "1")
+    assert "FAILED   test_show_text.py::test_bad" in out
+    assert "label     first" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["show", "9"], "run 9 not found in {store} (the newest is 2)"),
+        (["show", "abc"], "run id must be a positive number or 'last', got 'abc'"),
+        (["show", "0"], "run id must be a positive number or 'last', got '0'"),
+        (["list", "--limit", "0"], "argument --limit: expected a positive whole number, got '0'"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_4(
+    two_runs: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    capsys.readouterr()
+    code, _ = run_cli("--store", str(two_runs), *args)
+    assert code == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert message.format(store=two_runs) in err
+
+
+def test_cli_missing_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run_cli("--store", str(tmp_path / "nope.db"), "list")
+    assert code == 4
+    assert (
+        capsys.readouterr().err == f"pytest-runs: error: no run store at {tmp_path / 'nope.db'}\n"
+    )
+    assert not (tmp_path / "nope.db").exists()
+
+
+def test_cli_module_entry_point_and_help_examples(two_runs: Path) -> None:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "pytest_rerun_runs", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    examples = [
+        line.strip() for line in help_text.splitlines() if line.startswith("  pytest-runs ")
+    ]
+    assert len(examples) >= 3
+    for example in examples:
+        args = example.split()[1:]
+        if "--store=ci/runs.db" in args:
+            args[args.index("--store=ci/runs.db")] = f"--store={two_runs}"
+        else:
+            args = ["--store", str(two_runs), *args]
+        code, _ = run_cli(*args)
+        assert code == 0, example
