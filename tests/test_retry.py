@@ -333,7 +333,8 @@ def test_passed_on_retry_lists_flaky_candidates(
     result = pytester.runpytest("--retry-run=1", "--failed-only")
     result.stdout.fnmatch_lines(
         [
-            "rerun-runs: passed on retry (flaky candidates): test_passed_on_retry_lists_flaky_candidates.py::test_flaky"
+            "rerun-runs: passed on retry (flaky candidates):"
+            " test_passed_on_retry_lists_flaky_candidates.py::test_flaky"
         ]
     )
 
