@@ -11,7 +11,10 @@ Measured:
 * recording: ``pytest`` with the plugin vs ``pytest -p no:rerun_runs`` (the
   floor), without and with ``-n 2``;
 * import cost of the plugin module;
-* store growth per passing result.
+* store growth per passing result;
+* re-running the suite's failures: the failing node ids given to pytest directly
+  (the floor), ``pytest --lf``, ``pytest --retry-run ID --failed-only``;
+* planning a retry from a store that holds many runs of the whole suite.
 """
 
 from __future__ import annotations
@@ -151,6 +154,72 @@ def store_bytes_per_result(suite: Path, tests: int, runs: int = 3) -> tuple[floa
     return first, later
 
 
+def record_source(suite: Path, store: Path) -> tuple[int, list[str]]:
+    """A fresh store holding one recorded run of ``suite``; its id and failing node ids."""
+    from pytest_rerun_runs.store import open_store
+
+    for path in store.parent.glob(store.name + "*"):
+        path.unlink()
+    time_command(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", f"--runs-store={store}"],
+        suite,
+    )
+    opened = open_store(str(store), create=False)
+    try:
+        run_id = opened.latest_run_id(finished=True)
+        assert run_id is not None
+        run = opened.get_run(run_id)
+    finally:
+        opened.close()
+    return run_id, [r.nodeid for r in run.results if r.outcome == "failed"]
+
+
+def planning_seconds(source_store: Path, runs: int, repeat: int) -> float:
+    """Median time to open a store of ``runs`` copies of the source run and plan a
+    failed-only retry of one in the middle."""
+    from pytest_rerun_runs.planner import plan_retry
+    from pytest_rerun_runs.store import open_store
+
+    big = WORK / f"planning-{runs}.db"
+    if not big.exists():
+        shutil.copy(source_store, WORK / "planning-tmp.db")
+        connection = sqlite3.connect(WORK / "planning-tmp.db", isolation_level=None)
+        columns = (
+            "status, exit_status, created_at, started_at, label, meta, invocation, host, pid,"
+            " attempt, mode, reason, selection, selection_size, deselected, missing, counts"
+        )
+        connection.execute("BEGIN")
+        for _ in range(runs - 1):
+            cursor = connection.execute(
+                f"INSERT INTO runs ({columns}) SELECT {columns} FROM runs WHERE id = 1"
+            )
+            new_id = cursor.lastrowid
+            connection.execute(
+                "INSERT INTO results SELECT ?, position, outcome, phase, setup_us, call_us,"
+                " teardown_us, worker, longrepr, rerun_attempts, nodeid, file FROM results"
+                " WHERE run_id = 1",
+                (new_id,),
+            )
+            connection.execute(
+                "UPDATE runs SET root_run_id = id, finished_at = created_at + 1 WHERE id = ?",
+                (new_id,),
+            )
+        connection.execute("COMMIT")
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.close()
+        (WORK / "planning-tmp.db").rename(big)
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        store = open_store(str(big), create=False)
+        try:
+            plan_retry(store.get_run(runs // 2), failed_only=True)
+        finally:
+            store.close()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
 def machine() -> str:
     cpus = os.cpu_count()
     try:
@@ -172,6 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--failures", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-xdist", action="store_true", help="skip the -n 2 comparison")
+    parser.add_argument(
+        "--planning-runs", type=int, default=1000, help="runs in the store for planning (0: skip)"
+    )
     args = parser.parse_args(argv)
 
     WORK.mkdir(exist_ok=True)
@@ -211,6 +283,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"{measure.name}: {[round(s, 2) for s in measure.seconds]}", flush=True)
 
+    source_store = WORK / "retry-runs.db"
+    source_id, failing = record_source(suite, source_store)
+    retries = [
+        Measured(
+            f"floor: pytest <{len(failing)} failing node ids>",
+            [*pytest_cmd, "-p", "no:rerun_runs", *failing],
+        ),
+        Measured("pytest --lf", [*pytest_cmd, "-p", "no:rerun_runs", "--lf"]),
+        Measured(
+            "pytest --retry-run ID --failed-only",
+            [
+                *pytest_cmd,
+                f"--runs-store={source_store}",
+                f"--retry-run={source_id}",
+                "--failed-only",
+            ],
+        ),
+    ]
+    interleave(retries, suite, args.repeat)
+    lines += ["", "| re-running the failures | median (s) | ratio to floor |", "|---|---|---|"]
+    for measure in retries:
+        ratio = measure.median / retries[0].median
+        lines.append(f"| {measure.name} | {measure.median:.2f} | {ratio:.3f} |")
+        print(f"{measure.name}: {[round(s, 2) for s in measure.seconds]}", flush=True)
+
     imported = import_cost(args.repeat * 2)
     first, later = store_bytes_per_result(suite, args.tests)
     lines += [
@@ -220,6 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" {later:.1f} bytes (each later run)",
         f"Medians of {args.repeat} interleaved runs after a warm-up.",
     ]
+    if args.planning_runs:
+        planned = planning_seconds(source_store, args.planning_runs, args.repeat)
+        lines.append(
+            f"Planning a failed-only retry from a store of {args.planning_runs} runs of"
+            f" {args.tests} results: {planned * 1000:.0f} ms (median)"
+        )
     report = "\n".join(lines) + "\n"
     print(report)
     (HERE / "RESULTS.md").write_text(

@@ -6,7 +6,6 @@ session, so :func:`find_rootdir` looks for the same ini files pytest reads.
 
 from __future__ import annotations
 
-import configparser
 import os
 import sys
 from pathlib import Path
@@ -78,6 +77,8 @@ def find_rootdir(start: Path) -> tuple[Path, str | None]:
 
 def _read_ini(path: Path) -> tuple[bool, str | None]:
     """Whether ``path`` is a pytest configuration file, and its ``runs_store``."""
+    import configparser
+
     try:
         if path.suffix == ".toml":
             if sys.version_info >= (3, 11):

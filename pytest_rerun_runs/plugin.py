@@ -7,10 +7,10 @@ Registered through the ``pytest11`` entry point as ``rerun_runs``, so
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,6 +39,7 @@ from pytest_rerun_runs.store import (
     Selection,
     StoreError,
     StoreNotFound,
+    hostname,
     open_store,
 )
 
@@ -274,10 +275,6 @@ class RecordingPlugin:
                 f"--retry-run {value}: none of the {len(plan.tests)} planned tests of run"
                 f" {source.id} exist any more (missing files: {summarize_ids(plan.files)})"
             )
-        if not user_gave_paths(config):
-            # Collect only the files that hold planned tests, the way explicit
-            # node ids would: no other directory is walked, no other module imported.
-            config.args = [str(rootdir / f) for f in existing]
         failing = ("failed", "error")
         self.source_failures = {r.nodeid for r in source.results if r.outcome in failing}
         self._note_differences(source)
@@ -411,7 +408,7 @@ class RecordingPlugin:
             python=".".join(map(str, sys.version_info[:3])),
             pytest=pytest.__version__,
             platform=platform_name,
-            host=socket.gethostname(),
+            host=hostname(),
             pid=os.getpid(),
             plugins=sorted({f"{dist.project_name}-{dist.version}" for _, dist in distributions}),
             workers=workers if isinstance(workers, int) else None,
@@ -537,10 +534,25 @@ class RetryPlugin:
         self.order: str = plan["order"]
         self.missing: list[str] = []
         self.aborted = False
-        if hasattr(config, "workerinput") and not user_gave_paths(config):
-            rootdir = config.rootpath
-            files = dict.fromkeys(t[1] for t in (*plan["tests"], *plan["collectors"]))
-            config.args = [str(rootdir / f) for f in files if (rootdir / f).exists()]
+        rootdir = config.rootpath
+        files = [rootdir / file for file in plan_files(plan)]
+        # Only the files holding planned tests, and the directories on the way
+        # to them, are collected; every other path is ignored before pytest
+        # walks into it or imports it.
+        self.wanted = {*files, *(p for f in files for p in f.parents)}
+        self.wanted_trees = [
+            rootdir / c[1] for c in plan["collectors"] if (rootdir / c[1]).is_dir()
+        ]
+        if not user_gave_paths(config):
+            config.args = [str(d) for d in collection_roots(files)]
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_ignore_collect(self, collection_path: Path) -> bool | None:
+        if collection_path in self.wanted:
+            return None
+        if any(tree in collection_path.parents for tree in self.wanted_trees):
+            return None
+        return True
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(
@@ -576,6 +588,22 @@ class RetryPlugin:
         workeroutput = getattr(self.config, "workeroutput", None)
         if workeroutput is not None:
             workeroutput["rerun_runs_missing"] = self.missing
+
+
+def plan_files(plan: dict[str, Any]) -> list[str]:
+    """The files (relative to the rootdir) of a plan's tests and collectors."""
+    return list(dict.fromkeys(entry[1] for entry in (*plan["tests"], *plan["collectors"])))
+
+
+def collection_roots(paths: list[Path]) -> list[Path]:
+    """The directories to give pytest for ``paths``: each existing path's directory
+    (a directory itself for a directory), without those inside another."""
+    directories = sorted({p if p.is_dir() else p.parent for p in paths if p.exists()})
+    roots: list[Path] = []
+    for directory in directories:
+        if not any(root == directory or root in directory.parents for root in roots):
+            roots.append(directory)
+    return roots
 
 
 class WorkerPlugin:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Literal, NamedTuple, Protocol
 
 Outcome = Literal["passed", "failed", "error", "skipped", "xfailed", "xpassed", "not_run"]
@@ -282,15 +280,26 @@ class Run:
         }
 
 
+def hostname() -> str:
+    """This machine's name (``os.uname`` avoids importing ``socket`` at start-up)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket  # pragma: no cover - Windows
+
+    return socket.gethostname()  # pragma: no cover
+
+
 def iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
+    from datetime import datetime, timezone
+
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
 
 
 def process_is_gone(host: str | None, pid: int | None) -> bool:
     """True when ``pid`` on this host no longer exists (its run can never finish)."""
-    if pid is None or host != socket.gethostname():
+    if pid is None or host != hostname():
         return False
     try:
         os.kill(pid, 0)

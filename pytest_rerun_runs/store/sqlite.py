@@ -14,7 +14,6 @@ Triggers make finished runs immutable in the database itself.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 import zlib
@@ -39,7 +38,6 @@ from pytest_rerun_runs.store import (
     StoreError,
     StoreNotFound,
     StoreTooNew,
-    count_outcomes,
     empty_counts,
     process_is_gone,
     status_from_exit,
@@ -449,36 +447,35 @@ class SqliteStore:
                 "SELECT selection FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
             selection = decode_selection(blob)
-            by_position: dict[int, Result] = {}
-            for row in self._connection.execute(
-                "SELECT position, outcome, phase, setup_us, call_us, teardown_us, worker,"
-                " longrepr, rerun_attempts, nodeid, file FROM results WHERE run_id = ?"
+            rows = self._connection.execute(
+                "SELECT position, nodeid, outcome, phase, setup_us, call_us, teardown_us,"
+                " worker, longrepr, rerun_attempts, file FROM results WHERE run_id = ?"
                 " ORDER BY position",
                 (run_id,),
-            ):
-                position, outcome, phase, setup, call, teardown, worker = row[:7]
-                longrepr, rerun_attempts, nodeid, file = row[7:]
-                if nodeid is None:
-                    nodeid = selection[position].nodeid
-                by_position[position] = Result(
-                    nodeid=nodeid,
-                    outcome=OUTCOMES[outcome],
-                    when=PHASES[phase],
-                    setup_duration=setup / 1e6,
-                    call_duration=call / 1e6,
-                    teardown_duration=teardown / 1e6,
-                    worker=worker,
-                    longrepr=longrepr,
-                    rerun_attempts=rerun_attempts,
-                    file=file,
-                )
-        results = [
-            by_position.get(position) or Result(test.nodeid, "not_run", "none")
-            for position, test in enumerate(selection)
-        ]
-        results.extend(r for p, r in sorted(by_position.items()) if p >= len(selection))
-        if summary.counts != count_outcomes(results) and summary.finished_at is None:
-            summary = _with_counts(summary, count_outcomes(results))
+            ).fetchall()
+        size = len(selection)
+        results: list[Result] = [Result(test.nodeid, "not_run", "none") for test in selection]
+        extras: list[Result] = []
+        outcomes, phases = OUTCOMES, PHASES
+        for position, nodeid, outcome, phase, setup, call, teardown, *rest in rows:
+            worker, longrepr, rerun_attempts, file = rest
+            result = Result(
+                selection[position].nodeid if nodeid is None else nodeid,
+                outcomes[outcome],
+                phases[phase],
+                setup / 1e6,
+                call / 1e6,
+                teardown / 1e6,
+                worker,
+                longrepr,
+                rerun_attempts,
+                file,
+            )
+            if position < size:
+                results[position] = result
+            else:
+                extras.append(result)
+        results.extend(extras)
         return Run(summary=summary, selection=selection, results=results)
 
     def latest_run_id(self, *, finished: bool = False) -> int | None:
@@ -500,10 +497,6 @@ class SqliteStore:
                 (-1 if limit is None else limit,),
             ).fetchall()
             return [self._summary(row) for row in rows]
-
-
-def _with_counts(summary: RunSummary, counts: Counts) -> RunSummary:
-    return dataclasses.replace(summary, counts=counts)
 
 
 def _split_statements(script: str) -> Iterator[str]:
