@@ -177,7 +177,7 @@ def record_source(suite: Path, store: Path) -> tuple[int, list[str]]:
 def planning_seconds(source_store: Path, runs: int, repeat: int) -> float:
     """Median time to open a store of ``runs`` copies of the source run and plan a
     failed-only retry of one in the middle."""
-    from pytest_rerun_runs.planner import plan_retry
+    from pytest_rerun_runs.planner import RETRY_SOURCE_OUTCOMES, plan_retry
     from pytest_rerun_runs.store import open_store
 
     big = WORK / f"planning-{runs}.db"
@@ -213,7 +213,7 @@ def planning_seconds(source_store: Path, runs: int, repeat: int) -> float:
         start = time.perf_counter()
         store = open_store(str(big), create=False)
         try:
-            plan_retry(store.get_run(runs // 2), failed_only=True)
+            plan_retry(store.get_run(runs // 2, RETRY_SOURCE_OUTCOMES), failed_only=True)
         finally:
             store.close()
         samples.append(time.perf_counter() - start)

@@ -2,7 +2,8 @@
 """The demo, from a fresh machine with only Python: ``python examples/demo.py``.
 
 Sets up ``.venv`` (as ``tests/check.py`` does), records a run of this example
-suite, and shows what was recorded.
+suite (one real failure, one flaky test), retries it failed-only as a new run
+(the flaky test passes, the real failure fails again), and shows the lineage.
 """
 
 from __future__ import annotations
@@ -30,9 +31,17 @@ def main() -> int:
     if code != 1:
         print(f"expected the first run to fail (exit 1), got {code}")
         return 1
+    code = step(
+        "pytest --retry-run=last --failed-only  (a new run; the source stays as it was)",
+        python, "-m", "pytest", "--retry-run=last", "--failed-only", "--retry-reason=demo",
+    )
+    if code != 1:
+        print(f"expected the retry to fail on the real bug (exit 1), got {code}")
+        return 1
     for title, args in (
-        ("pytest-runs list", ["list", "--limit", "5"]),
+        ("pytest-runs lineage last  (the first run and its retry)", ["lineage", "last"]),
         ("pytest-runs show last", ["show", "last"]),
+        ("pytest-runs list", ["list", "--limit", "5"]),
     ):
         if step(title, *runs, *args) != 0:
             return 1

@@ -1,16 +1,27 @@
-"""``pytest-runs``: read the run history."""
+"""``pytest-runs``: read, compare, retry, export, import and prune run history."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from pytest_rerun_runs import locate
+from pytest_rerun_runs.analysis import (
+    LineageNode,
+    diff_runs,
+    find_flaky,
+    lineage_tree,
+    parse_age,
+    replayable_args,
+    runs_to_prune,
+)
 from pytest_rerun_runs.store import (
     OUTCOMES,
     Run,
@@ -23,13 +34,23 @@ from pytest_rerun_runs.store import (
 
 USAGE_ERROR = 4
 
-EPILOG = """\
-examples:
-  pytest-runs list --limit 5
-  pytest-runs show last
-  pytest-runs show 1 --format json
-  pytest-runs --store=ci/runs.db list --format json
-"""
+EXAMPLES = {
+    "list": ["pytest-runs list --limit 5", "pytest-runs list --format json"],
+    "show": ["pytest-runs show last", "pytest-runs show 1 --format json"],
+    "retry": [
+        "pytest-runs retry last --failed-only --attempts 2",
+        "pytest-runs retry 1 --reason 'flaky network' -- -x",
+    ],
+    "lineage": ["pytest-runs lineage 1", "pytest-runs lineage last --format json"],
+    "diff": ["pytest-runs diff 1 2", "pytest-runs diff 1 last --format json"],
+    "flaky": ["pytest-runs flaky --last 50", "pytest-runs flaky --format json"],
+    "export": [
+        "pytest-runs export last --format junit -o junit.xml",
+        "pytest-runs export 1 --format json -o run-1.json",
+    ],
+    "import": ["pytest-runs import run-1.json"],
+    "prune": ["pytest-runs prune --keep 100 --dry-run", "pytest-runs prune --older-than 30d"],
+}
 
 
 class CommandError(Exception):
@@ -41,44 +62,109 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
 
 
+def _examples(*commands: str) -> str:
+    lines = ["examples:"]
+    for command in commands:
+        lines.extend(f"  {example}" for example in EXAMPLES[command])
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pytest-runs",
-        description="Read the runs recorded by pytest-rerun-runs.",
-        epilog=EPILOG,
+        description="Run history recorded by pytest-rerun-runs.",
+        epilog=_examples(*EXAMPLES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--store",
-        metavar="PATH",
-        help=f"run store (default: ${locate.ENV_VAR}, the '{locate.INI_NAME}' ini option,"
-        " or <rootdir>/.pytest_runs/runs.db as pytest would find it from here)",
+    store_help = (
+        f"run store (default: ${locate.ENV_VAR}, the '{locate.INI_NAME}' ini option, or"
+        " <rootdir>/.pytest_runs/runs.db as pytest would find it from here)"
     )
+    parser.add_argument("--store", metavar="PATH", help=store_help)
+    common = _Parser(add_help=False)
+    common.add_argument("--store", metavar="PATH", default=argparse.SUPPRESS, help=store_help)
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
 
-    list_parser = commands.add_parser(
-        "list",
-        help="list runs, newest first",
-        description="List runs, newest first.",
-        epilog="example:\n  pytest-runs list --limit 5 --format json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    list_parser.add_argument("--limit", type=_positive_int, default=20, metavar="N")
-    list_parser.add_argument("--format", choices=("table", "json"), default="table")
-    list_parser.set_defaults(handler=cmd_list)
+    def command(name: str, summary: str, formats: Sequence[str] = ()) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            epilog=_examples(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
+        )
+        if formats:
+            sub.add_argument("--format", choices=formats, default=formats[0])
+        return sub
 
-    show_parser = commands.add_parser(
-        "show",
-        help="show one run with its results",
-        description="Show one run: invocation, counts and per-test results.",
-        epilog="examples:\n  pytest-runs show last\n  pytest-runs show 1 --format json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    sub = command("list", "list runs, newest first", ("table", "json"))
+    sub.add_argument("--limit", type=_positive_int, default=20, metavar="N")
+    sub.set_defaults(handler=cmd_list)
+
+    sub = command("show", "show one run with its results", ("text", "json"))
+    sub.add_argument("run", metavar="ID|last")
+    sub.set_defaults(handler=cmd_show)
+
+    sub = command(
+        "retry",
+        "run pytest again with a run's recorded arguments, as a new run (--retry-run)",
     )
-    show_parser.add_argument("run", metavar="ID|last")
-    show_parser.add_argument("--format", choices=("text", "json"), default="text")
-    show_parser.set_defaults(handler=cmd_show)
+    sub.add_argument("run", metavar="ID|last")
+    sub.add_argument("--failed-only", action="store_true", help="only what failed or never ran")
+    sub.add_argument("--reason", metavar="TEXT", help="stored on the new run(s)")
+    sub.add_argument(
+        "--attempts",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="retry the newest attempt's failures until all pass or N attempts are spent",
+    )
+    sub.add_argument("pytest_args", nargs="*", metavar="-- PYTEST ARGS", help=argparse.SUPPRESS)
+    sub.set_defaults(handler=cmd_retry)
+
+    sub = command("lineage", "the tree of a root run and all its retries", ("text", "json"))
+    sub.add_argument("run", metavar="ID|last")
+    sub.set_defaults(handler=cmd_lineage)
+
+    sub = command(
+        "diff", "tests that broke, were fixed, still fail, appeared, disappeared", ("text", "json")
+    )
+    sub.add_argument("before", metavar="A")
+    sub.add_argument("after", metavar="B")
+    sub.set_defaults(handler=cmd_diff)
+
+    sub = command("flaky", "tests that failed and passed at one commit", ("table", "json"))
+    sub.add_argument("--last", type=_positive_int, default=50, metavar="N", help="runs to read")
+    sub.set_defaults(handler=cmd_flaky)
+
+    sub = command("export", "write a run as JSON, YAML or JUnit XML")
+    sub.add_argument("run", metavar="ID|last")
+    sub.add_argument("--format", choices=("json", "yaml", "junit"), required=True)
+    sub.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    sub.add_argument(
+        "--omit-args", action="store_true", help="leave the recorded pytest arguments out"
+    )
+    sub.set_defaults(handler=cmd_export)
+
+    sub = command(
+        "import", "add a JSON or YAML run file to this store under a new id", ("text", "json")
+    )
+    sub.add_argument("file", metavar="FILE")
+    sub.set_defaults(handler=cmd_import)
+
+    sub = command(
+        "prune",
+        "drop the per-test results of old runs (summaries and lineage stay)",
+        ("text", "json"),
+    )
+    which = sub.add_mutually_exclusive_group(required=True)
+    which.add_argument("--keep", type=_positive_int, metavar="N", help="keep the newest N runs")
+    which.add_argument("--older-than", metavar="AGE", help="runs older than AGE: 30d, 12h, 2w")
+    sub.add_argument("--dry-run", action="store_true", help="only say what would be pruned")
+    sub.set_defaults(handler=cmd_prune)
     return parser
 
 
@@ -94,6 +180,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# -- shared helpers -------------------------------------------------------------
+
+
 def store_location(option: str | None, cwd: Path | None = None) -> str:
     cwd = cwd or Path.cwd()
     rootdir, ini = locate.find_rootdir(cwd)
@@ -106,7 +195,7 @@ def open_existing_store(option: str | None) -> RunStore:
 
 
 def parse_run_id(text: str, store: RunStore) -> int:
-    """A run id from ``ID`` or ``last`` (the newest finished run)."""
+    """A run id from ``ID`` or ``last`` (the newest run that is not running)."""
     if text == "last":
         run_id = store.latest_run_id(finished=True)
         if run_id is None:
@@ -119,6 +208,19 @@ def parse_run_id(text: str, store: RunStore) -> int:
     if run_id < 1:
         raise CommandError(f"run id must be a positive number or 'last', got {text!r}")
     return run_id
+
+
+class Style:
+    """ANSI colour, only on a terminal and never with ``NO_COLOR`` set."""
+
+    COLORS = {"passed": "32", "failed": "31", "error": "31", "interrupted": "33", "running": "36"}
+
+    def __init__(self, out: TextIO) -> None:
+        self.enabled = out.isatty() and not os.environ.get("NO_COLOR")
+
+    def status(self, text: str) -> str:
+        code = self.COLORS.get(text)
+        return f"\033[{code}m{text}\033[0m" if self.enabled and code else text
 
 
 def format_duration(seconds: float | None) -> str:
@@ -151,13 +253,22 @@ def summary_dict(summary: RunSummary) -> dict[str, Any]:
     }
 
 
-def print_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+def print_table(rows: Sequence[Sequence[str]], out: TextIO, style: Style | None = None) -> None:
+    """Aligned columns; ``style`` colours the second column (a status)."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        out.write(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-            + "\n"
-        )
+    for number, row in enumerate(rows):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        if style is not None and number > 0:
+            cells[1] = style.status(row[1]) + " " * (widths[1] - len(row[1]))
+        out.write("  ".join(cells).rstrip() + "\n")
+
+
+def write_json(data: object, out: TextIO) -> None:
+    json.dump(data, out, indent=2, ensure_ascii=False)
+    out.write("\n")
+
+
+# -- commands -------------------------------------------------------------------
 
 
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
@@ -167,8 +278,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         store.close()
     if args.format == "json":
-        json.dump([summary_dict(s) for s in summaries], out, indent=2)
-        out.write("\n")
+        write_json([summary_dict(s) for s in summaries], out)
         return 0
     rows = [["ID", "STATUS", "CREATED", "DURATION", "COUNTS", "LABEL", "SOURCE"]]
     for s in summaries:
@@ -179,12 +289,12 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
                 s.status,
                 created[:19].replace("T", " "),
                 format_duration(s.duration),
-                counts_text(s.counts),
+                counts_text(s.counts) + (" (pruned)" if s.pruned_at else ""),
                 s.label or "",
                 "" if s.source_run_id is None else str(s.source_run_id),
             ]
         )
-    print_table(rows, out)
+    print_table(rows, out, Style(out))
     return 0
 
 
@@ -195,21 +305,20 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         store.close()
     if args.format == "json":
-        json.dump(run.to_dict(), out, indent=2, ensure_ascii=False)
-        out.write("\n")
+        write_json(run.to_dict(), out)
         return 0
-    write_run_text(run, out)
+    write_run_text(run, out, Style(out))
     return 0
 
 
-def write_run_text(run: Run, out: TextIO) -> None:
+def write_run_text(run: Run, out: TextIO, style: Style) -> None:
     s = run.summary
     inv = s.invocation
+    exit_text = s.exit_status if s.exit_status is not None else "-"
     lines = [
-        f"run {s.id}: {s.status} (exit {s.exit_status if s.exit_status is not None else '-'})"
-        f" in {format_duration(s.duration)}",
+        f"run {s.id}: {style.status(s.status)} (exit {exit_text}) in {format_duration(s.duration)}",
         f"  created   {iso(s.created_at)}",
-        f"  command   pytest {' '.join(inv.args)}".rstrip(),
+        f"  command   pytest {' '.join(inv.args or ['(arguments not recorded)'])}".rstrip(),
         f"  directory {inv.invocation_dir} (rootdir {inv.rootdir})",
         f"  python    {inv.python}, pytest {inv.pytest}, {inv.platform} on {inv.host}",
     ]
@@ -221,25 +330,303 @@ def write_run_text(run: Run, out: TextIO) -> None:
         lines.append("  ci        " + ", ".join(f"{k}={v}" for k, v in inv.ci.items()))
     if s.label:
         lines.append(f"  label     {s.label}")
-    for key, value in s.meta.items():
-        lines.append(f"  meta      {key}={value}")
+    lines.extend(f"  meta      {key}={value}" for key, value in s.meta.items())
     if s.source_run_id is not None:
         lines.append(
             f"  retry of  run {s.source_run_id} (root {s.root_run_id}, attempt {s.attempt},"
             f" {s.mode}{', reason: ' + s.reason if s.reason else ''})"
         )
+    if s.origin:
+        lines.append(f"  imported  run {s.origin.get('run_id')} of {s.origin.get('store') or '?'}")
+    if s.missing:
+        lines.append(f"  missing   {len(s.missing)} planned tests no longer existed")
     lines.append(f"  counts    {counts_text(s.counts)}; {s.deselected} deselected")
+    if s.pruned_at:
+        lines.append(f"  pruned    {iso(s.pruned_at)}: per-test results are no longer retained")
     out.write("\n".join(lines) + "\n")
     for result in run.results:
-        if result.outcome in ("passed",):
-            continue
-        out.write(f"{result.outcome.upper():8} {result.nodeid}\n")
+        if result.outcome != "passed":
+            out.write(f"{style.status(result.outcome).upper():8} {result.nodeid}\n")
+
+
+def _replayable_source(store: RunStore, run_id: int) -> RunSummary:
+    summary = store.get_summary(run_id)
+    inv = summary.invocation
+    if summary.pruned_at is not None:
+        raise CommandError(f"run {run_id}'s results are no longer retained (pruned)")
+    if inv.args is None:
+        raise CommandError(
+            f"run {run_id} has no recorded arguments to replay (exported without them);"
+            f" run pytest --retry-run={run_id} with the options it needs"
+        )
+    if not Path(inv.invocation_dir).is_dir():
+        raise CommandError(
+            f"run {run_id} was started in {inv.invocation_dir}, which does not exist here;"
+            f" run pytest --retry-run={run_id} from your checkout"
+        )
+    return summary
+
+
+def _retry_of(store: RunStore, source_run_id: int, after: int) -> RunSummary | None:
+    for summary in store.list_runs(None):
+        if summary.id <= after:
+            break
+        if summary.source_run_id == source_run_id:
+            return summary
+    return None
+
+
+def cmd_retry(args: argparse.Namespace, out: TextIO) -> int:
+    store = open_existing_store(args.store)
+    try:
+        source_id = parse_run_id(args.run, store)
+        source = _replayable_source(store, source_id)
+    finally:
+        store.close()
+    inv = source.invocation
+    assert inv.args is not None
+    base = [*replayable_args(inv.args), f"--runs-store={store.location}"]
+    attempts: list[tuple[RunSummary, int]] = []
+    current, failed_only, code = source_id, args.failed_only, 0
+    for _ in range(args.attempts):
+        command = [sys.executable, "-m", "pytest", *base, f"--retry-run={current}"]
+        if failed_only:
+            command.append("--failed-only")
+        if args.reason:
+            command.append(f"--retry-reason={args.reason}")
+        command.extend(args.pytest_args)
+        out.write(f"$ cd {inv.invocation_dir} && {' '.join(command[1:])}\n")
+        out.flush()
+        store = open_existing_store(args.store)
+        try:
+            newest = store.latest_run_id() or 0
+        finally:
+            store.close()
+        code = subprocess.run(command, cwd=inv.invocation_dir, check=False).returncode
+        store = open_existing_store(args.store)
+        try:
+            retry = _retry_of(store, current, newest)
+        finally:
+            store.close()
+        if retry is None:
+            break
+        attempts.append((retry, code))
+        current, failed_only = retry.id, True
+        if code == 0:
+            break
+    _write_attempts(args.store, source_id, attempts, out)
+    return code
+
+
+def _write_attempts(
+    store_option: str | None, source_id: int, attempts: list[tuple[RunSummary, int]], out: TextIO
+) -> None:
+    if not attempts:
+        return
+    store = open_existing_store(store_option)
+    try:
+        source = store.get_run(source_id)
+        runs = [store.get_run(summary.id) for summary, _ in attempts]
+    finally:
+        store.close()
+    bad = {"failed", "error", "not_run"}
+    pending = [r.nodeid for r in source.results if r.outcome in bad]
+    out.write(f"\nretries of run {source_id}:\n")
+    for number, (run, (_, code)) in enumerate(zip(runs, attempts, strict=True), start=1):
+        outcome = {r.nodeid: r.outcome for r in run.results}
+        passed = [nodeid for nodeid in pending if outcome.get(nodeid) == "passed"]
+        pending = [nodeid for nodeid in pending if outcome.get(nodeid) in bad]
+        out.write(
+            f"  attempt {number}: run {run.id}, exit {code}, {counts_text(run.summary.counts)}\n"
+        )
+        for nodeid in passed:
+            out.write(f"    passed on attempt {number}: {nodeid}\n")
+    for nodeid in pending:
+        out.write(f"  still failing after {len(runs)} attempts: {nodeid}\n")
+
+
+def cmd_lineage(args: argparse.Namespace, out: TextIO) -> int:
+    store = open_existing_store(args.store)
+    try:
+        tree = lineage_tree(store.lineage(parse_run_id(args.run, store)))
+    finally:
+        store.close()
+    if args.format == "json":
+        write_json(tree.to_dict(), out)
+        return 0
+    style = Style(out)
+
+    def write(node: LineageNode, prefix: str, tail: str) -> None:
+        s = node.summary
+        reason = f"  reason: {s.reason}" if s.reason else ""
+        out.write(
+            f"{prefix}{tail}run {s.id}  {style.status(s.status)}  attempt {s.attempt}"
+            f"  {s.mode}  {counts_text(s.counts)}{reason}\n"
+        )
+        child_prefix = prefix + ("    " if tail == "└── " else "│   " if tail else "")
+        for index, child in enumerate(node.children):
+            write(child, child_prefix, "└── " if index == len(node.children) - 1 else "├── ")
+
+    write(tree, "", "")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
+    store = open_existing_store(args.store)
+    try:
+        before = store.get_run(parse_run_id(args.before, store))
+        after = store.get_run(parse_run_id(args.after, store))
+    finally:
+        store.close()
+    diff = diff_runs(before, after)
+    if args.format == "json":
+        write_json({"before": before.id, "after": after.id, **diff}, out)
+        return 0
+    out.write(f"run {before.id} -> run {after.id}\n")
+    for name, nodeids in diff.items():
+        out.write(f"{name.replace('_', ' ')} ({len(nodeids)})\n")
+        for nodeid in nodeids:
+            out.write(f"  {nodeid}\n")
+    return 0
+
+
+def cmd_flaky(args: argparse.Namespace, out: TextIO) -> int:
+    store = open_existing_store(args.store)
+    try:
+        summaries = [s for s in store.list_runs(args.last) if s.pruned_at is None]
+        runs = [store.get_run(s.id) for s in summaries]
+        known = {run.id for run in runs}
+        sources = {
+            s.source_run_id: store.get_run(s.source_run_id)
+            for s in summaries
+            if s.source_run_id is not None and s.source_run_id not in known
+        }
+    finally:
+        store.close()
+    flaky = find_flaky(runs, sources)
+    if args.format == "json":
+        write_json([f.to_dict() for f in flaky], out)
+        return 0
+    if not flaky:
+        out.write(f"no flaky tests in the last {len(runs)} runs\n")
+        return 0
+    rows = [["TEST", "FAILED", "PASSED", "RETRY PASSES", "COMMIT", "EVIDENCE"]]
+    for f in flaky:
+        evidence = ", ".join(f"{a}->{b}" for a, b in f.passed_on_retry) or (
+            f"failed in {_ids(f.failed_in)}; passed in {_ids(f.passed_in)}"
+        )
+        rows.append(
+            [
+                f.nodeid,
+                str(len(f.failed_in)),
+                str(len(f.passed_in)),
+                str(len(f.passed_on_retry)),
+                (f.commit or "-")[:12],
+                evidence,
+            ]
+        )
+    print_table(rows, out)
+    return 0
+
+
+def _ids(ids: Sequence[int], limit: int = 6) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f" (+{len(ids) - limit})" if len(ids) > limit else "")
+
+
+def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    from pytest_rerun_runs import exchange
+
+    store = open_existing_store(args.store)
+    try:
+        run = store.get_run(parse_run_id(args.run, store))
+    finally:
+        store.close()
+    if run.summary.pruned_at is not None and args.format != "junit":
+        raise CommandError(f"run {run.id}'s results are no longer retained (pruned)")
+    if args.format == "junit":
+        text = exchange.junit_xml(run)
+    else:
+        data = exchange.export_dict(run, store.location, omit_args=args.omit_args)
+        text = exchange.dump_json(data) if args.format == "json" else exchange.dump_yaml(data)
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise CommandError(f"cannot write {args.output}: {exc.strerror}") from None
+    else:
+        out.write(text)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
+    from pytest_rerun_runs import exchange
+
+    try:
+        run, export = exchange.load_run_file(Path(args.file))
+    except exchange.RunFileError as exc:
+        raise CommandError(str(exc)) from None
+    store = open_store(store_location(args.store))
+    try:
+        new_id = exchange.import_run(store, run, export, Path(args.file))
+    finally:
+        store.close()
+    if args.format == "json":
+        write_json({"id": new_id, "original_id": run.id, "store": store.location}, out)
+    else:
+        out.write(f"imported run {run.id} as run {new_id} in {store.location}\n")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        older_than = parse_age(args.older_than) if args.older_than else None
+    except ValueError as exc:
+        raise CommandError(f"--older-than: {exc}") from None
+    store = open_existing_store(args.store)
+    try:
+        now = time.time()
+        doomed = runs_to_prune(
+            store.list_runs(None), keep=args.keep, older_than=older_than, now=now
+        )
+        ids = sorted(s.id for s in doomed)
+        size_before = Path(store.location).stat().st_size
+        if not args.dry_run:
+            store.prune(ids, now)
+        size_after = Path(store.location).stat().st_size
+    finally:
+        store.close()
+    if args.format == "json":
+        write_json(
+            {
+                "pruned": ids,
+                "dry_run": args.dry_run,
+                "bytes_before": size_before,
+                "bytes_after": size_after,
+            },
+            out,
+        )
+        return 0
+    verb = "would prune" if args.dry_run else "pruned"
+    out.write(f"{verb} {len(ids)} runs{': ' + _ids(ids, 20) if ids else ''}\n")
+    if not args.dry_run and ids:
+        out.write(f"store {store.location}: {size_before:,} -> {size_after:,} bytes\n")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, extra = argv[:split], argv[split + 1 :]
     parser = build_parser()
     args = parser.parse_args(argv)
+    if extra:
+        if args.command != "retry":
+            parser.error(f"'-- PYTEST ARGS' only goes with retry, not {args.command}")
+        args.pytest_args = [*args.pytest_args, *extra]
     handler: Callable[[argparse.Namespace, TextIO], int] = args.handler
     try:
         return handler(args, out)

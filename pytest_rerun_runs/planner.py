@@ -18,6 +18,8 @@ RetryOrder = Literal["recorded", "collected"]
 #: source stopped early (Ctrl-C, -x, --maxfail, a killed process, a crashed
 #: worker): retrying them resumes from the failure point.
 RETRY_OUTCOMES = frozenset({"failed", "error", "not_run"})
+#: The results a plan reads from its source (collection errors are ``error``).
+RETRY_SOURCE_OUTCOMES = RETRY_OUTCOMES
 
 
 class RetryRefused(Exception):
@@ -68,6 +70,8 @@ def plan_retry(
     """The retry of ``source``: its whole selection, or with ``failed_only`` the
     tests that failed, errored or never ran, plus its collection errors."""
     summary = source.summary
+    if summary.pruned_at is not None:
+        raise RetryRefused(f"run {summary.id}'s results are no longer retained (pruned)")
     if failed_only and summary.status == "running":
         inv = summary.invocation
         raise RetryRefused(

@@ -18,6 +18,7 @@ import pytest
 from pytest_rerun_runs import locate
 from pytest_rerun_runs.invocation import ci_info, git_info
 from pytest_rerun_runs.planner import (
+    RETRY_SOURCE_OUTCOMES,
     NothingToRetry,
     PlanMatcher,
     RetryPlan,
@@ -38,7 +39,6 @@ from pytest_rerun_runs.store import (
     SelectedTest,
     Selection,
     StoreError,
-    StoreNotFound,
     hostname,
     open_store,
 )
@@ -247,18 +247,27 @@ class RecordingPlugin:
 
     def _plan(self, value: str) -> RetryPlan:
         config = self.config
+        file = config.invocation_params.dir / value
+        from_file = value != "last" and not value.isdigit() and file.is_file()
         try:
-            store = open_store(self.store_location, create=False)
-        except StoreNotFound as exc:
-            raise pytest.UsageError(f"--retry-run {value}: {exc}") from None
+            if from_file:
+                source = self._import_source(value, file)
+            else:
+                store = open_store(self.store_location, create=False)
+                try:
+                    source = self._load_source(store, value)
+                finally:
+                    store.close()
+            plan = self._checked_plan(value, source)
         except StoreError as exc:
             raise pytest.UsageError(f"--retry-run {value}: {exc}") from None
-        try:
-            source = self._load_source(store, value)
-        except StoreError as exc:
-            raise pytest.UsageError(f"--retry-run {value}: {exc}") from None
-        finally:
-            store.close()
+        failing = ("failed", "error")
+        self.source_failures = {r.nodeid for r in source.results if r.outcome in failing}
+        self._note_differences(source)
+        return plan
+
+    def _checked_plan(self, value: str, source: Run) -> RetryPlan:
+        config = self.config
         try:
             plan = plan_retry(
                 source,
@@ -269,32 +278,41 @@ class RecordingPlugin:
         except RetryRefused as exc:
             raise pytest.UsageError(f"--retry-run {value}: {exc}") from None
         rootdir = config.rootpath
-        existing = [f for f in plan.files if (rootdir / f).exists()]
-        if not existing:
+        if not any((rootdir / f).exists() for f in plan.files):
             raise pytest.UsageError(
                 f"--retry-run {value}: none of the {len(plan.tests)} planned tests of run"
                 f" {source.id} exist any more (missing files: {summarize_ids(plan.files)})"
             )
-        failing = ("failed", "error")
-        self.source_failures = {r.nodeid for r in source.results if r.outcome in failing}
-        self._note_differences(source)
         return plan
+
+    def _import_source(self, value: str, file: Path) -> Run:
+        """The run of an export file, checked, then imported into this store."""
+        from pytest_rerun_runs import exchange
+
+        try:
+            run, export = exchange.load_run_file(file)
+        except exchange.RunFileError as exc:
+            raise pytest.UsageError(f"--retry-run {value}: {exc}") from None
+        self._checked_plan(value, run)  # nothing is written for a file that cannot be retried
+        store = self._open_store()
+        try:
+            return store.get_run(exchange.import_run(store, run, export, file))
+        finally:
+            store.close()
 
     def _load_source(self, store: RunStore, value: str) -> Run:
         if value == "last":
             run_id = store.latest_run_id(finished=True)
             if run_id is None:
                 raise StoreError(f"{store.location} holds no finished run to retry")
-            return store.get_run(run_id)
-        try:
-            run_id = int(value)
-        except ValueError:
-            run_id = 0
+            return store.get_run(run_id, RETRY_SOURCE_OUTCOMES)
+        run_id = int(value) if value.isdigit() else 0
         if run_id < 1:
             raise pytest.UsageError(
-                f"--retry-run expects a run id (a positive number) or 'last', got {value!r}"
+                "--retry-run expects a run id (a positive number), 'last' or a run file"
+                f" written by 'pytest-runs export', got {value!r}"
             )
-        return store.get_run(run_id)
+        return store.get_run(run_id, RETRY_SOURCE_OUTCOMES)
 
     def _note_differences(self, source: Run) -> None:
         recorded = source.summary.invocation

@@ -366,6 +366,12 @@ def test_nothing_to_retry_exits_5_and_records_nothing(
     assert count_runs(store_path) == 1
 
 
+BAD_ID = (
+    "--retry-run expects a run id (a positive number), 'last' or a run file written by"
+    " 'pytest-runs export', got {value}"
+)
+
+
 def count_runs(store_path: Path) -> int:
     store = open_store(str(store_path), create=False)
     try:
@@ -377,11 +383,8 @@ def count_runs(store_path: Path) -> int:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (
-            ["--retry-run=abc"],
-            "--retry-run expects a run id (a positive number) or 'last', got 'abc'",
-        ),
-        (["--retry-run=0"], "--retry-run expects a run id (a positive number) or 'last', got '0'"),
+        (["--retry-run=abc"], BAD_ID.format(value="'abc'")),
+        (["--retry-run=0"], BAD_ID.format(value="'0'")),
         (["--retry-run=7"], "--retry-run 7: run 7 not found in {store} (the newest is 1)"),
         (
             ["--failed-only"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -58,6 +58,10 @@ class RunNotFound(StoreError):
     """No run with the requested id."""
 
 
+class RunPruned(StoreError):
+    """The run's selection and results were pruned."""
+
+
 def status_from_exit(exit_status: int) -> RunStatus:
     """The run status for a pytest exit code."""
     statuses: dict[int, RunStatus] = {0: "passed", 1: "failed", 2: "interrupted", 5: "no_tests"}
@@ -74,7 +78,8 @@ class GitInfo:
 class Invocation:
     """How a session was started, recorded once per run."""
 
-    args: list[str]
+    #: ``None`` when a run was exported without them (it cannot be replayed).
+    args: list[str] | None
     invocation_dir: str
     rootdir: str
     inifile: str | None
@@ -216,6 +221,10 @@ class RunSummary:
     invocation: Invocation
     deselected: int
     missing: list[str]
+    #: Where an imported run came from: its original id, store and lineage.
+    origin: dict[str, Any] | None = None
+    #: When ``pytest-runs prune`` dropped its selection and results.
+    pruned_at: float | None = None
 
     @property
     def duration(self) -> float | None:
@@ -258,7 +267,7 @@ class Run:
             "mode": s.mode,
             "reason": s.reason,
             "invocation": {
-                "args": list(inv.args),
+                "args": None if inv.args is None else list(inv.args),
                 "invocation_dir": inv.invocation_dir,
                 "rootdir": inv.rootdir,
                 "inifile": inv.inifile,
@@ -277,7 +286,64 @@ class Run:
             "missing": list(s.missing),
             "counts": dict(s.counts),
             "results": [result.to_dict() for result in self.results],
+            "origin": s.origin,
+            "pruned_at": iso(s.pruned_at),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Run:
+        """A run from its JSON contract (``show --format json``, ``export``).
+
+        Raises ``ValueError`` (or ``KeyError``/``TypeError``) for anything else.
+        """
+        inv = data["invocation"]
+        files = data.get("selection_files") or [n.split("::")[0] for n in data["selection"]]
+        selection = [
+            SelectedTest(str(nodeid), str(file))
+            for nodeid, file in zip(data["selection"], files, strict=True)
+        ]
+        results = []
+        for entry in data["results"]:
+            if entry["outcome"] not in OUTCOMES or entry["when"] not in PHASES:
+                raise ValueError(f"unknown outcome or phase in {entry!r}")
+            durations = entry.get("durations") or {"call": entry.get("duration") or 0.0}
+            results.append(
+                Result(
+                    str(entry["nodeid"]),
+                    entry["outcome"],
+                    entry["when"],
+                    float(durations.get("setup", 0.0)),
+                    float(durations.get("call", 0.0)),
+                    float(durations.get("teardown", 0.0)),
+                    entry.get("worker"),
+                    entry.get("longrepr"),
+                    int(entry.get("rerun_attempts") or 0),
+                )
+            )
+        if data["status"] not in RUN_STATUSES:
+            raise ValueError(f"unknown status {data['status']!r}")
+        summary = RunSummary(
+            id=int(data["id"]),
+            status=data["status"],
+            exit_status=data.get("exit_status"),
+            created_at=parse_iso(data["created_at"]) or 0.0,
+            started_at=parse_iso(data.get("started_at")),
+            finished_at=parse_iso(data.get("finished_at")),
+            label=data.get("label"),
+            meta=dict(data.get("meta") or {}),
+            source_run_id=data.get("source_run_id"),
+            root_run_id=int(data.get("root_run_id") or data["id"]),
+            attempt=int(data.get("attempt") or 1),
+            mode=data.get("mode") or "full",
+            reason=data.get("reason"),
+            counts={**empty_counts(), **(data.get("counts") or count_outcomes(results))},
+            invocation=Invocation.from_dict(dict(inv)),
+            deselected=int(data.get("deselected") or 0),
+            missing=list(data.get("missing") or []),
+            origin=data.get("origin"),
+            pruned_at=parse_iso(data.get("pruned_at")),
+        )
+        return cls(summary=summary, selection=selection, results=results)
 
 
 def hostname() -> str:
@@ -295,6 +361,14 @@ def iso(timestamp: float | None) -> str | None:
     from datetime import datetime, timezone
 
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
+
+
+def parse_iso(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp()
 
 
 def process_is_gone(host: str | None, pid: int | None) -> bool:
@@ -330,13 +404,29 @@ class RunStore(Protocol):
         """Append the last results and close the run, in one transaction."""
         ...
 
-    def get_run(self, run_id: int) -> Run: ...
+    def get_run(self, run_id: int, outcomes: Collection[str] | None = None) -> Run:
+        """The run with its selection and results; with ``outcomes``, only the
+        results with those outcomes (``not_run`` included if named)."""
+        ...
 
     def get_summary(self, run_id: int) -> RunSummary: ...
 
     def latest_run_id(self, *, finished: bool = False) -> int | None: ...
 
     def list_runs(self, limit: int | None = None) -> list[RunSummary]: ...
+
+    def lineage(self, run_id: int) -> list[RunSummary]:
+        """Every run that shares ``run_id``'s root, oldest first."""
+        ...
+
+    def import_run(self, run: Run, origin: dict[str, Any]) -> int:
+        """Store a finished run from elsewhere under a new id; ``origin`` is kept."""
+        ...
+
+    def prune(self, run_ids: Sequence[int], pruned_at: float) -> None:
+        """Drop the selection and results of finished runs, keeping their summaries
+        and lineage (the only deletion there is), and give the space back."""
+        ...
 
     def close(self) -> None: ...
 

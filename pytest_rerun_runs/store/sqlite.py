@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,33 @@ from pytest_rerun_runs.store import (
 BUSY_TIMEOUT_SECONDS = 5.0
 
 _RAISE_FINISHED = "SELECT RAISE(ABORT, 'pytest-rerun-runs: a finished run cannot be changed')"
+
+_UNCHANGED_BY_PRUNE = " AND ".join(
+    f"NEW.{column} IS OLD.{column}"
+    for column in (
+        "id",
+        "status",
+        "exit_status",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "label",
+        "meta",
+        "invocation",
+        "host",
+        "pid",
+        "source_run_id",
+        "root_run_id",
+        "attempt",
+        "mode",
+        "reason",
+        "selection_size",
+        "deselected",
+        "missing",
+        "counts",
+        "origin",
+    )
+)
 
 MIGRATIONS: list[str] = [
     # 1: the initial schema.
@@ -111,16 +138,32 @@ MIGRATIONS: list[str] = [
             worker, longrepr, rerun_attempts
         FROM results;
     """,
+    # 2: provenance of imported runs; pruning as the one sanctioned change of a
+    # finished run (selection and results dropped, everything else kept).
+    f"""
+    ALTER TABLE runs ADD COLUMN origin TEXT;
+    ALTER TABLE runs ADD COLUMN pruned_at REAL;
+    DROP TRIGGER finished_runs_are_immutable;
+    CREATE TRIGGER finished_runs_are_immutable BEFORE UPDATE ON runs
+        WHEN OLD.finished_at IS NOT NULL AND NOT (
+            OLD.pruned_at IS NULL AND NEW.pruned_at IS NOT NULL AND NEW.selection IS NULL
+            AND {_UNCHANGED_BY_PRUNE}
+        ) BEGIN {_RAISE_FINISHED}; END;
+    DROP TRIGGER results_of_finished_runs_are_kept;
+    CREATE TRIGGER results_of_finished_runs_are_kept BEFORE DELETE ON results
+        WHEN (SELECT finished_at IS NOT NULL AND pruned_at IS NULL FROM runs WHERE id = OLD.run_id)
+        BEGIN {_RAISE_FINISHED}; END;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_OUTCOME_CODE = {outcome: code for code, outcome in enumerate(OUTCOMES)}
+_OUTCOME_CODE: dict[str, int] = {outcome: code for code, outcome in enumerate(OUTCOMES)}
 _PHASE_CODE = {phase: code for code, phase in enumerate(PHASES)}
 
 _SUMMARY_COLUMNS = (
     "id, status, exit_status, created_at, started_at, finished_at, label, meta, invocation,"
     " host, pid, source_run_id, root_run_id, attempt, mode, reason, selection_size,"
-    " deselected, missing, counts"
+    " deselected, missing, counts, origin, pruned_at"
 )
 
 
@@ -306,23 +349,25 @@ class SqliteStore:
                 self._next_extra[run_id] = position + 1
             assert position is not None
             reported.add(position)
-            rows.append(
-                (
-                    run_id,
-                    position,
-                    _OUTCOME_CODE[result.outcome],
-                    _PHASE_CODE[result.when],
-                    _micros(result.setup_duration),
-                    _micros(result.call_duration),
-                    _micros(result.teardown_duration),
-                    result.worker,
-                    result.longrepr,
-                    result.rerun_attempts,
-                    result.nodeid if extra else None,
-                    (result.file or result.nodeid.split("::")[0]) if extra else None,
-                )
-            )
+            rows.append(self._row(run_id, position, result, extra))
         return rows
+
+    @staticmethod
+    def _row(run_id: int, position: int, result: Result, extra: bool) -> tuple[Any, ...]:
+        return (
+            run_id,
+            position,
+            _OUTCOME_CODE[result.outcome],
+            _PHASE_CODE[result.when],
+            _micros(result.setup_duration),
+            _micros(result.call_duration),
+            _micros(result.teardown_duration),
+            result.worker,
+            result.longrepr,
+            result.rerun_attempts,
+            result.nodeid if extra else None,
+            (result.file or result.nodeid.split("::")[0]) if extra else None,
+        )
 
     def _insert_results(self, connection: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         connection.executemany(
@@ -406,6 +451,8 @@ class SqliteStore:
             deselected,
             missing,
             counts,
+            origin,
+            pruned_at,
         ) = row
         if status == "running" and process_is_gone(host, pid):
             status = "interrupted"
@@ -427,6 +474,8 @@ class SqliteStore:
             invocation=Invocation.from_dict(json.loads(invocation)),
             deselected=deselected,
             missing=json.loads(missing),
+            origin=json.loads(origin) if origin else None,
+            pruned_at=pruned_at,
         )
 
     def get_summary(self, run_id: int) -> RunSummary:
@@ -440,28 +489,46 @@ class SqliteStore:
                 raise RunNotFound(f"run {run_id} not found in {self.location} ({hint})")
             return self._summary(row)
 
-    def get_run(self, run_id: int) -> Run:
+    def get_run(self, run_id: int, outcomes: Collection[str] | None = None) -> Run:
+        """The whole run; a pruned run has its summary and no selection or results.
+
+        With ``outcomes``, only the results with those outcomes (a retry plan needs
+        the few failures of a large run, not all of its results).
+        """
         summary = self.get_summary(run_id)
+        query = (
+            "SELECT position, nodeid, outcome, phase, setup_us, call_us, teardown_us,"
+            " worker, longrepr, rerun_attempts, file FROM results WHERE run_id = ?"
+        )
+        parameters: list[Any] = [run_id]
+        if outcomes is not None:
+            codes = [_OUTCOME_CODE[o] for o in outcomes if o != "not_run"]
+            query += f" AND outcome IN ({', '.join('?' * len(codes))})"
+            parameters.extend(codes)
         with self._errors("read"):
             (blob,) = self._connection.execute(
                 "SELECT selection FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
             selection = decode_selection(blob)
-            rows = self._connection.execute(
-                "SELECT position, nodeid, outcome, phase, setup_us, call_us, teardown_us,"
-                " worker, longrepr, rerun_attempts, file FROM results WHERE run_id = ?"
-                " ORDER BY position",
-                (run_id,),
-            ).fetchall()
-        size = len(selection)
-        results: list[Result] = [Result(test.nodeid, "not_run", "none") for test in selection]
+            size = len(selection)
+            rows = self._connection.execute(query + " ORDER BY position", parameters).fetchall()
+            reported: set[int] | None = None
+            if outcomes is not None and "not_run" in outcomes:
+                reported = {
+                    position
+                    for (position,) in self._connection.execute(
+                        "SELECT position FROM results WHERE run_id = ? AND position < ?",
+                        (run_id, size),
+                    )
+                }
+        by_position: dict[int, Result] = {}
         extras: list[Result] = []
-        outcomes, phases = OUTCOMES, PHASES
+        all_outcomes, phases = OUTCOMES, PHASES
         for position, nodeid, outcome, phase, setup, call, teardown, *rest in rows:
             worker, longrepr, rerun_attempts, file = rest
             result = Result(
                 selection[position].nodeid if nodeid is None else nodeid,
-                outcomes[outcome],
+                all_outcomes[outcome],
                 phases[phase],
                 setup / 1e6,
                 call / 1e6,
@@ -472,11 +539,95 @@ class SqliteStore:
                 file,
             )
             if position < size:
-                results[position] = result
+                by_position[position] = result
             else:
                 extras.append(result)
+        results: list[Result] = []
+        for position, test in enumerate(selection):
+            found = by_position.get(position)
+            if found is not None:
+                results.append(found)
+            elif outcomes is None or (reported is not None and position not in reported):
+                results.append(Result(test.nodeid, "not_run", "none"))
         results.extend(extras)
         return Run(summary=summary, selection=selection, results=results)
+
+    def lineage(self, run_id: int) -> list[RunSummary]:
+        root = self.get_summary(run_id).root_run_id
+        with self._errors("read"):
+            rows = self._connection.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE root_run_id = ? ORDER BY id",
+                (root,),
+            ).fetchall()
+            return [self._summary(row) for row in rows]
+
+    def import_run(self, run: Run, origin: dict[str, Any]) -> int:
+        s = run.summary
+        status = s.status if s.status != "running" else "interrupted"
+        selection = run.selection
+        size = len(selection)
+        position_of: dict[str, int] = {}
+        for position, test in enumerate(selection):
+            position_of.setdefault(test.nodeid, position)
+        with self.transaction() as connection:
+            cursor = connection.execute(
+                "INSERT INTO runs (status, exit_status, created_at, started_at, label, meta,"
+                " invocation, host, pid, attempt, mode, reason, selection, selection_size,"
+                " deselected, missing, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'full',"
+                " ?, ?, ?, ?, ?, ?)",
+                (
+                    status,
+                    s.exit_status,
+                    s.created_at,
+                    s.started_at,
+                    s.label,
+                    json.dumps(s.meta),
+                    json.dumps(s.invocation.to_dict()),
+                    s.invocation.host,
+                    s.invocation.pid,
+                    s.reason,
+                    encode_selection(selection),
+                    size,
+                    s.deselected,
+                    json.dumps(s.missing),
+                    json.dumps(origin),
+                ),
+            )
+            run_id = cursor.lastrowid
+            assert run_id is not None
+            rows = []
+            extra = size
+            for result in run.results:
+                if result.outcome == "not_run":
+                    continue
+                position = position_of.pop(result.nodeid, -1)
+                if position < 0:
+                    position, extra = extra, extra + 1
+                rows.append(self._row(run_id, position, result, extra=position >= size))
+            self._insert_results(connection, rows)
+            connection.execute(
+                "UPDATE runs SET root_run_id = id, finished_at = ?, counts = ? WHERE id = ?",
+                (s.finished_at or s.created_at, json.dumps(run.summary.counts), run_id),
+            )
+        return run_id
+
+    def prune(self, run_ids: Sequence[int], pruned_at: float) -> None:
+        if not run_ids:
+            return
+        with self.transaction() as connection:
+            for run_id in run_ids:
+                connection.execute(
+                    "UPDATE runs SET pruned_at = ?, selection = NULL"
+                    " WHERE id = ? AND finished_at IS NOT NULL AND pruned_at IS NULL",
+                    (pruned_at, run_id),
+                )
+                connection.execute(
+                    "DELETE FROM results WHERE run_id = ? AND"
+                    " (SELECT pruned_at FROM runs WHERE id = ?) IS NOT NULL",
+                    (run_id, run_id),
+                )
+        with self._errors("compact"):
+            self._connection.execute("VACUUM")
 
     def latest_run_id(self, *, finished: bool = False) -> int | None:
         """The newest run id; with ``finished``, the newest run that is not running

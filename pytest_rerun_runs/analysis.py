@@ -1,0 +1,198 @@
+"""Pure functions over recorded runs: lineage trees, diffs, flaky tests, pruning
+policy, retry argument replay. No pytest and no I/O."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_rerun_runs.store import Run, RunSummary
+
+BAD_OUTCOMES = frozenset({"failed", "error"})
+
+#: Options of ours that a replayed retry sets itself: (option, takes a value).
+RETRY_OWNED_OPTIONS = {
+    "--retry-run": True,
+    "--failed-only": False,
+    "--retry-reason": True,
+    "--retry-order": True,
+    "--runs-store": True,
+}
+
+
+def replayable_args(args: Sequence[str]) -> list[str]:
+    """A source's recorded arguments without the options a retry sets anew."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            continue
+        name, has_value, _ = arg.partition("=")
+        if name in RETRY_OWNED_OPTIONS:
+            skip_value = RETRY_OWNED_OPTIONS[name] and not has_value
+            continue
+        kept.append(arg)
+    return kept
+
+
+@dataclass
+class LineageNode:
+    summary: RunSummary
+    children: list[LineageNode] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.summary
+        return {
+            "id": s.id,
+            "status": s.status,
+            "attempt": s.attempt,
+            "mode": s.mode,
+            "reason": s.reason,
+            "counts": dict(s.counts),
+            "children": [child.to_dict() for child in self.children],
+        }
+
+
+def lineage_tree(summaries: Sequence[RunSummary]) -> LineageNode:
+    """The tree of a root run and its retries (``summaries`` share one root)."""
+    nodes = {s.id: LineageNode(s) for s in summaries}
+    root: LineageNode | None = None
+    for summary in sorted(summaries, key=lambda s: s.id):
+        node = nodes[summary.id]
+        parent = nodes.get(summary.source_run_id) if summary.source_run_id is not None else None
+        if parent is None:
+            root = root or node
+        else:
+            parent.children.append(node)
+    assert root is not None
+    return root
+
+
+def final_outcomes(run: Run) -> dict[str, str]:
+    return {result.nodeid: result.outcome for result in run.results}
+
+
+def diff_runs(before: Run, after: Run) -> dict[str, list[str]]:
+    """What changed from ``before`` to ``after``, by node id."""
+    old, new = final_outcomes(before), final_outcomes(after)
+    diff: dict[str, list[str]] = {
+        "broke": [],
+        "fixed": [],
+        "still_failing": [],
+        "appeared": [n for n in new if n not in old],
+        "disappeared": [n for n in old if n not in new],
+    }
+    for nodeid, outcome in new.items():
+        previous = old.get(nodeid)
+        if previous is None:
+            continue
+        was_bad, is_bad = previous in BAD_OUTCOMES, outcome in BAD_OUTCOMES
+        if is_bad and was_bad:
+            diff["still_failing"].append(nodeid)
+        elif is_bad and previous == "passed":
+            diff["broke"].append(nodeid)
+        elif was_bad and outcome == "passed":
+            diff["fixed"].append(nodeid)
+    return diff
+
+
+@dataclass
+class FlakyTest:
+    nodeid: str
+    commit: str | None
+    failed_in: list[int] = field(default_factory=list)
+    passed_in: list[int] = field(default_factory=list)
+    #: Runs whose retry (at the same commit) passed a test that failed in them.
+    passed_on_retry: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def score(self) -> tuple[int, int]:
+        return (len(self.passed_on_retry), min(len(self.failed_in), len(self.passed_in)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodeid": self.nodeid,
+            "commit": self.commit,
+            "failed": len(self.failed_in),
+            "passed": len(self.passed_in),
+            "failed_in": self.failed_in,
+            "passed_in": self.passed_in,
+            "passed_on_retry": [
+                {"failed_in": failed, "passed_in": passed}
+                for failed, passed in self.passed_on_retry
+            ],
+        }
+
+
+def find_flaky(runs: Iterable[Run], sources: dict[int, Run] | None = None) -> list[FlakyTest]:
+    """Tests that failed in a run and passed in a retry of it at the same commit, and
+    tests with both passing and failing outcomes at one commit, most evident first."""
+    runs = list(runs)
+    by_id = {run.id: run for run in runs} | (sources or {})
+    found: dict[tuple[str, str | None], FlakyTest] = {}
+
+    def entry(nodeid: str, commit: str | None) -> FlakyTest:
+        key = (nodeid, commit)
+        if key not in found:
+            found[key] = FlakyTest(nodeid, commit)
+        return found[key]
+
+    outcomes: dict[tuple[str, str | None], dict[str, list[int]]] = defaultdict(
+        lambda: {"bad": [], "passed": []}
+    )
+    for run in runs:
+        commit = run.summary.invocation.git.commit
+        for nodeid, outcome in final_outcomes(run).items():
+            if outcome in BAD_OUTCOMES:
+                outcomes[(nodeid, commit)]["bad"].append(run.id)
+            elif outcome == "passed":
+                outcomes[(nodeid, commit)]["passed"].append(run.id)
+        source = by_id.get(run.summary.source_run_id or -1)
+        if source is None or source.summary.invocation.git.commit != commit:
+            continue
+        before = final_outcomes(source)
+        for nodeid, outcome in final_outcomes(run).items():
+            if outcome == "passed" and before.get(nodeid) in BAD_OUTCOMES:
+                entry(nodeid, commit).passed_on_retry.append((source.id, run.id))
+    for (nodeid, commit), seen in outcomes.items():
+        if seen["bad"] and seen["passed"]:
+            flaky = entry(nodeid, commit)
+            flaky.failed_in, flaky.passed_in = sorted(seen["bad"]), sorted(seen["passed"])
+    for flaky in found.values():
+        flaky.passed_on_retry.sort()
+        if not flaky.failed_in and not flaky.passed_in:
+            seen = outcomes[(flaky.nodeid, flaky.commit)]
+            flaky.failed_in, flaky.passed_in = sorted(seen["bad"]), sorted(seen["passed"])
+    return sorted(found.values(), key=lambda f: (f.score, f.nodeid), reverse=True)
+
+
+def runs_to_prune(
+    summaries: Sequence[RunSummary],
+    *,
+    keep: int | None = None,
+    older_than: float | None = None,
+    now: float = 0.0,
+) -> list[RunSummary]:
+    """Finished, not yet pruned runs outside the newest ``keep`` or older than
+    ``older_than`` seconds."""
+    newest_first = sorted(summaries, key=lambda s: s.id, reverse=True)
+    candidates = newest_first[keep:] if keep is not None else newest_first
+    return [
+        s
+        for s in candidates
+        if s.finished_at is not None
+        and s.pruned_at is None
+        and (older_than is None or s.created_at < now - older_than)
+    ]
+
+
+def parse_age(text: str) -> float:
+    """Seconds in ``30d``, ``12h``, ``2w``, ``90m``, ``45s``; ``ValueError`` otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) < 1:
+        raise ValueError(f"expected an age such as 30d, 12h or 2w, got {text!r}")
+    return int(number) * units[unit]

@@ -1,0 +1,511 @@
+"""``pytest-runs`` retry, lineage, diff, flaky, export, import and prune."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pytest_rerun_runs import cli
+from pytest_rerun_runs.store import open_store
+from pytest_rerun_runs.store.sqlite import MIGRATIONS, SCHEMA_VERSION
+from tests.conftest import RunDict, outcomes, run_cli
+
+FLAKY_TWICE = """
+from pathlib import Path
+
+COUNTER = Path(__file__).with_name("attempts.txt")
+
+
+def test_stable():
+    pass
+
+
+def test_passes_on_third_run():
+    runs = int(COUNTER.read_text()) if COUNTER.exists() else 0
+    COUNTER.write_text(str(runs + 1))
+    assert runs >= 2
+
+
+def test_broken():
+    assert False
+"""
+
+
+def cli_ok(*args: str, cwd: Path | None = None) -> str:
+    code, out = run_cli(*args, cwd=cwd)
+    assert code == 0, out
+    return out
+
+
+# -- retry ------------------------------------------------------------------------
+
+
+def test_retry_replays_the_recorded_arguments_in_the_recorded_directory(
+    pytester: pytest.Pytester, store_path: Path, show: Callable[..., RunDict], tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_a="def test_one(): assert False\ndef test_two(): pass\n")
+    pytester.runpytest("-p", "no:cacheprovider", "--run-label=nightly", "-k", "one or two")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code, out = run_cli("--store", str(store_path), "retry", "1", "--failed-only", cwd=elsewhere)
+    assert code == 1
+    retry = show(2)
+    args = retry["invocation"]["args"]
+    assert args[:4] == ["-p", "no:cacheprovider", "--run-label=nightly", "-k"]
+    assert f"--runs-store={store_path}" in args
+    assert args[-2:] == ["--retry-run=1", "--failed-only"]
+    assert retry["invocation"]["invocation_dir"] == str(pytester.path)
+    assert (retry["source_run_id"], retry["mode"], retry["label"]) == (1, "failed_only", "nightly")
+    assert outcomes(retry) == {"test_a.py::test_one": "failed"}
+    assert "attempt 1: run 2, exit 1, 1 failed" in out
+    assert "still failing after 1 attempts: test_a.py::test_one" in out
+
+
+def test_retry_passes_extra_pytest_arguments(
+    pytester: pytest.Pytester, store_path: Path, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(test_a="def test_one(): assert False\n")
+    pytester.runpytest()
+    code, _ = run_cli("--store", str(store_path), "retry", "last", "--reason", "why", "--", "-x")
+    assert code == 1
+    retry = show(2)
+    assert retry["invocation"]["args"][-2:] == ["--retry-reason=why", "-x"]
+    assert retry["reason"] == "why"
+
+
+def test_attempts_until_a_test_passes(
+    pytester: pytest.Pytester, store_path: Path, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(test_flaky=FLAKY_TWICE)
+    pytester.runpytest()
+    code, out = run_cli(
+        "--store", str(store_path), "retry", "1", "--failed-only", "--attempts", "3"
+    )
+    assert code == 1  # test_broken never passes: the last attempt's exit code
+    assert [show(n)["attempt"] for n in (2, 3, 4)] == [2, 3, 4]
+    assert [show(n)["source_run_id"] for n in (2, 3, 4)] == [1, 2, 3]
+    assert "passed on attempt 2: test_flaky.py::test_passes_on_third_run" in out
+    assert "still failing after 3 attempts: test_flaky.py::test_broken" in out
+    # each attempt retries the newest attempt's failures only
+    assert show(4)["selection"] == ["test_flaky.py::test_broken"]
+
+
+def test_attempts_stop_when_everything_passes(
+    pytester: pytest.Pytester, store_path: Path, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(test_flaky=FLAKY_TWICE.replace("assert runs >= 2", "assert runs >= 1"))
+    pytester.runpytest("-k", "not broken")
+    code, out = run_cli(
+        "--store", str(store_path), "retry", "1", "--failed-only", "--attempts", "5"
+    )
+    assert code == 0
+    assert "passed on attempt 1: test_flaky.py::test_passes_on_third_run" in out
+    assert len(json.loads(cli_ok("--store", str(store_path), "list", "--format", "json"))) == 2
+
+
+def test_retry_without_recorded_arguments_is_refused(
+    pytester: pytest.Pytester, store_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytester.makepyfile(test_a="def test_one(): assert False\n")
+    pytester.runpytest()
+    exported = tmp_path / "run.json"
+    cli_ok(
+        "--store",
+        str(store_path),
+        "export",
+        "1",
+        "--format",
+        "json",
+        "--omit-args",
+        "-o",
+        str(exported),
+    )
+    other = tmp_path / "other.db"
+    cli_ok("--store", str(other), "import", str(exported))
+    capsys.readouterr()
+    code, _ = run_cli("--store", str(other), "retry", "1")
+    assert code == 4
+    assert capsys.readouterr().err == (
+        "pytest-runs: error: run 1 has no recorded arguments to replay (exported without"
+        " them); run pytest --retry-run=1 with the options it needs\n"
+    )
+
+
+# -- lineage, diff, flaky ---------------------------------------------------------------
+
+
+@pytest.fixture
+def family(pytester: pytest.Pytester, store_path: Path) -> Path:
+    """Run 1; retries 2 (of 1, failed-only), 3 (of 2), 4 (of 1, full)."""
+    pytester.makepyfile(test_flaky=FLAKY_TWICE)
+    pytester.runpytest()
+    pytester.runpytest("--retry-run=1", "--failed-only", "--retry-reason=ci flake")
+    pytester.runpytest("--retry-run=2", "--failed-only")
+    pytester.runpytest("--retry-run=1")
+    return store_path
+
+
+def test_lineage_tree(family: Path) -> None:
+    out = cli_ok("--store", str(family), "lineage", "3")
+    assert out.splitlines() == [
+        "run 1  failed  attempt 1  full  1 passed, 2 failed",
+        "├── run 2  failed  attempt 2  failed_only  2 failed  reason: ci flake",
+        "│   └── run 3  failed  attempt 3  failed_only  1 passed, 1 failed",
+        "└── run 4  failed  attempt 2  full  2 passed, 1 failed",
+    ]
+
+
+def test_lineage_json(family: Path) -> None:
+    tree = json.loads(cli_ok("--store", str(family), "lineage", "1", "--format", "json"))
+    assert tree["id"] == 1
+    assert [child["id"] for child in tree["children"]] == [2, 4]
+    assert tree["children"][0]["children"][0]["id"] == 3
+    assert tree["children"][0]["reason"] == "ci flake"
+
+
+def test_diff(pytester: pytest.Pytester, store_path: Path) -> None:
+    pytester.makepyfile(
+        test_d="def test_breaks(): pass\ndef test_fixed(): assert False\n"
+        "def test_still(): assert False\ndef test_gone(): pass\n"
+    )
+    pytester.runpytest()
+    pytester.makepyfile(
+        test_d="def test_breaks(): assert False\ndef test_fixed(): pass\n"
+        "def test_still(): assert False\ndef test_new(): pass\n"
+    )
+    pytester.runpytest()
+    diff = json.loads(cli_ok("--store", str(store_path), "diff", "1", "2", "--format", "json"))
+    assert diff == {
+        "before": 1,
+        "after": 2,
+        "broke": ["test_d.py::test_breaks"],
+        "fixed": ["test_d.py::test_fixed"],
+        "still_failing": ["test_d.py::test_still"],
+        "appeared": ["test_d.py::test_new"],
+        "disappeared": ["test_d.py::test_gone"],
+    }
+    text = cli_ok("--store", str(store_path), "diff", "1", "last")
+    assert "broke (1)\n  test_d.py::test_breaks\n" in text
+
+
+def test_flaky_report(family: Path) -> None:
+    flaky = json.loads(cli_ok("--store", str(family), "flaky", "--format", "json"))
+    assert [f["nodeid"] for f in flaky] == ["test_flaky.py::test_passes_on_third_run"]
+    (entry,) = flaky
+    assert entry["passed_on_retry"] == [
+        {"failed_in": 1, "passed_in": 4},
+        {"failed_in": 2, "passed_in": 3},
+    ]
+    assert (entry["failed_in"], entry["passed_in"]) == ([1, 2], [3, 4])
+    table = cli_ok("--store", str(family), "flaky")
+    assert "test_flaky.py::test_passes_on_third_run" in table
+    assert "1->4, 2->3" in table
+
+
+def test_flaky_needs_the_same_commit(pytester: pytest.Pytester, store_path: Path) -> None:
+    git = pytester.path / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "refs" / "heads" / "main").write_text("a" * 40)
+    pytester.makepyfile(test_x="def test_x(): assert False\n")
+    pytester.runpytest()
+    (git / "refs" / "heads" / "main").write_text("b" * 40)
+    pytester.makepyfile(test_x="def test_x(): pass\n")
+    pytester.runpytest("--retry-run=1")
+    assert json.loads(cli_ok("--store", str(store_path), "flaky", "--format", "json")) == []
+
+
+# -- export / import ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mixed(pytester: pytest.Pytester, store_path: Path) -> Path:
+    pytester.makepyfile(
+        test_m="""
+        import pytest
+
+        class TestThing:
+            def test_ok(self):
+                pass
+
+        def test_fail():
+            assert 1 == 2
+
+        @pytest.fixture
+        def broken():
+            raise RuntimeError("no")
+
+        def test_error(broken):
+            pass
+
+        @pytest.mark.skip(reason="later")
+        def test_skip():
+            pass
+        """
+    )
+    pytester.runpytest()
+    return store_path
+
+
+def test_export_json_is_the_show_contract(mixed: Path) -> None:
+    shown = json.loads(cli_ok("--store", str(mixed), "show", "1", "--format", "json"))
+    exported = json.loads(cli_ok("--store", str(mixed), "export", "1", "--format", "json"))
+    assert {k: v for k, v in exported.items() if k in shown} == shown
+    assert exported["selection_files"] == ["test_m.py"] * 4
+    assert exported["export"]["store"] == str(mixed)
+
+
+def test_export_yaml_round_trips(mixed: Path, tmp_path: Path) -> None:
+    target = tmp_path / "run.yaml"
+    cli_ok("--store", str(mixed), "export", "last", "--format", "yaml", "-o", str(target))
+    shown = json.loads(cli_ok("--store", str(mixed), "show", "1", "--format", "json"))
+    loaded = yaml.safe_load(target.read_text())
+    assert {k: v for k, v in loaded.items() if k in shown} == shown
+
+
+def test_export_junit_reads_with_a_junit_parser(mixed: Path, tmp_path: Path) -> None:
+    junitparser = pytest.importorskip("junitparser")
+    target = tmp_path / "junit.xml"
+    cli_ok("--store", str(mixed), "export", "1", "--format", "junit", "-o", str(target))
+    xml = junitparser.JUnitXml.fromfile(str(target))
+    (suite,) = list(xml)
+    assert (suite.tests, suite.failures, suite.errors, suite.skipped) == (4, 1, 1, 1)
+    cases = {(case.classname, case.name): case for case in suite}
+    assert set(cases) == {
+        ("test_m.TestThing", "test_ok"),
+        ("test_m", "test_fail"),
+        ("test_m", "test_error"),
+        ("test_m", "test_skip"),
+    }
+    (failure,) = cases[("test_m", "test_fail")].result
+    assert isinstance(failure, junitparser.Failure)
+    assert "assert 1 == 2" in failure.text
+    (error,) = cases[("test_m", "test_error")].result
+    assert isinstance(error, junitparser.Error)
+    assert cases[("test_m.TestThing", "test_ok")].is_passed
+
+
+def test_round_trip_export_import_retry_on_another_store(
+    mixed: Path, tmp_path: Path, pytester: pytest.Pytester
+) -> None:
+    exported = tmp_path / "run-1.json"
+    cli_ok("--store", str(mixed), "export", "1", "--format", "json", "-o", str(exported))
+    other = tmp_path / "laptop" / "runs.db"
+    result = pytester.runpytest(f"--runs-store={other}", f"--retry-run={exported}", "--failed-only")
+    result.assert_outcomes(failed=1, errors=1, deselected=2)
+    result.stdout.fnmatch_lines(
+        ["rerun-runs: retrying run 1 (failed-only): 2 of 4 tests, attempt 2"]
+    )
+    imported = json.loads(cli_ok("--store", str(other), "show", "1", "--format", "json"))
+    original = json.loads(cli_ok("--store", str(mixed), "show", "1", "--format", "json"))
+    assert imported["results"] == original["results"]
+    assert imported["origin"]["run_id"] == 1
+    assert imported["origin"]["store"] == str(mixed)
+    retry = json.loads(cli_ok("--store", str(other), "show", "2", "--format", "json"))
+    assert (retry["source_run_id"], retry["root_run_id"], retry["mode"]) == (1, 1, "failed_only")
+
+
+def test_import_gives_a_new_id_and_keeps_provenance(mixed: Path, tmp_path: Path) -> None:
+    exported = tmp_path / "run.yaml"
+    cli_ok("--store", str(mixed), "export", "1", "--format", "yaml", "-o", str(exported))
+    out = cli_ok("--store", str(mixed), "import", str(exported))
+    assert out == f"imported run 1 as run 2 in {mixed}\n"
+    again = json.loads(cli_ok("--store", str(mixed), "show", "2", "--format", "json"))
+    assert again["origin"]["run_id"] == 1
+    assert (
+        again["counts"]
+        == json.loads(cli_ok("--store", str(mixed), "show", "1", "--format", "json"))["counts"]
+    )
+
+
+@pytest.mark.parametrize("content", ["not json or yaml: [", '{"id": 1}', "- a list\n"])
+def test_import_rejects_what_is_not_a_run_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    code, _ = run_cli("--store", str(tmp_path / "s.db"), "import", str(bad))
+    assert code == 4
+    err = capsys.readouterr().err
+    assert err.startswith("pytest-runs: error: ")
+    assert err.count("\n") == 1
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_retry_run_of_a_bad_run_file_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    (pytester.path / "bad.json").write_text("{}")
+    pytester.makepyfile("def test_a(): pass\n")
+    result = pytester.runpytest("--retry-run=bad.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: --retry-run bad.json: *bad.json is not a run file written by 'pytest-runs export'"]
+    )
+    assert not (pytester.path / ".pytest_runs").exists()
+
+
+# -- prune -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def three_runs(pytester: pytest.Pytester, store_path: Path) -> Path:
+    pytester.makepyfile(
+        "import pytest\n@pytest.mark.parametrize('n', range(400))\n"
+        "def test_n(n):\n    assert n % 100, 'x' * 2000\n"
+    )
+    pytester.runpytest()
+    pytester.runpytest("--retry-run=1", "--failed-only")
+    pytester.runpytest()
+    return store_path
+
+
+def test_prune_keeps_summaries_and_lineage(
+    three_runs: Path, pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before_show = json.loads(cli_ok("--store", str(three_runs), "show", "1", "--format", "json"))
+    size_before = three_runs.stat().st_size
+    dry = cli_ok("--store", str(three_runs), "prune", "--keep", "1", "--dry-run")
+    assert dry == "would prune 2 runs: 1, 2\n"
+    assert three_runs.stat().st_size == size_before
+    out = cli_ok("--store", str(three_runs), "prune", "--keep", "1")
+    assert out.startswith("pruned 2 runs: 1, 2\n")
+    assert three_runs.stat().st_size < size_before
+    pruned = json.loads(cli_ok("--store", str(three_runs), "show", "1", "--format", "json"))
+    assert (pruned["selection"], pruned["results"]) == ([], [])
+    assert pruned["counts"] == before_show["counts"]
+    assert pruned["pruned_at"] is not None
+    lineage = json.loads(cli_ok("--store", str(three_runs), "lineage", "2", "--format", "json"))
+    assert (lineage["id"], lineage["children"][0]["id"]) == (1, 2)
+    kept = json.loads(cli_ok("--store", str(three_runs), "show", "3", "--format", "json"))
+    assert len(kept["results"]) == 400
+    result = pytester.runpytest("--retry-run=1", "--failed-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: --retry-run 1: run 1's results are no longer retained (pruned)"]
+    )
+    capsys.readouterr()
+    code, _ = run_cli("--store", str(three_runs), "retry", "1")
+    assert code == 4
+    assert "no longer retained" in capsys.readouterr().err
+
+
+def test_pruned_runs_stay_immutable(three_runs: Path) -> None:
+    cli_ok("--store", str(three_runs), "prune", "--keep", "2")
+    connection = sqlite3.connect(three_runs)
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            connection.execute("UPDATE runs SET status = 'passed' WHERE id = 1")
+        with pytest.raises(sqlite3.IntegrityError):
+            connection.execute("UPDATE runs SET pruned_at = NULL WHERE id = 1")
+        with pytest.raises(sqlite3.IntegrityError):
+            connection.execute("DELETE FROM results WHERE run_id = 2")
+    finally:
+        connection.close()
+
+
+def test_prune_older_than(three_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_ok("--store", str(three_runs), "prune", "--older-than", "30d") == "pruned 0 runs\n"
+    code, _ = run_cli("--store", str(three_runs), "prune", "--older-than", "30 days")
+    assert code == 4
+    assert capsys.readouterr().err == (
+        "pytest-runs: error: --older-than: expected an age such as 30d, 12h or 2w, got '30 days'\n"
+    )
+    code, _ = run_cli("--store", str(three_runs), "prune")
+    assert code == 4
+
+
+# -- the schema moves forward -----------------------------------------------------------------
+
+
+def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    connection.execute("INSERT INTO schema_version VALUES (1)")
+    for statement in MIGRATIONS[0].split(";\n"):
+        if statement.strip():
+            connection.execute(statement + (";" if "END" in statement[-5:] else ""))
+    connection.execute(
+        "INSERT INTO runs (status, created_at, invocation, finished_at, root_run_id, counts)"
+        " VALUES ('passed', 1.0, ?, 2.0, 1, '{}')",
+        (
+            json.dumps(
+                {
+                    "args": [],
+                    "invocation_dir": ".",
+                    "rootdir": ".",
+                    "inifile": None,
+                    "python": "3",
+                    "pytest": "8",
+                    "platform": "x",
+                    "host": "h",
+                    "pid": 1,
+                }
+            ),
+        ),
+    )
+    connection.close()
+    store = open_store(str(path))
+    try:
+        summary = store.get_summary(1)
+        assert (summary.status, summary.origin, summary.pruned_at) == ("passed", None, None)
+    finally:
+        store.close()
+    connection = sqlite3.connect(path)
+    assert connection.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+    connection.close()
+
+
+# -- presentation -------------------------------------------------------------------------
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colour_only_on_a_terminal_without_no_color(
+    mixed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    terminal = FakeTerminal()
+    assert cli.main(["--store", str(mixed), "list"], out=terminal) == 0
+    assert "\033[31mfailed\033[0m" in terminal.getvalue()
+    monkeypatch.setenv("NO_COLOR", "1")
+    terminal = FakeTerminal()
+    cli.main(["--store", str(mixed), "list"], out=terminal)
+    assert "\033[" not in terminal.getvalue()
+    assert "\033[" not in cli_ok("--store", str(mixed), "list")
+
+
+def test_every_help_example_runs_and_is_in_the_readme(
+    pytester: pytest.Pytester,
+    store_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytester.makepyfile(test_flaky=FLAKY_TWICE)
+    pytester.runpytest()
+    pytester.runpytest("--retry-run=1", "--failed-only")
+    monkeypatch.setenv("PYTEST_RUNS_STORE", str(store_path))
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    order = ["list", "show", "lineage", "diff", "flaky", "export", "import", "prune", "retry"]
+    assert sorted(order) == sorted(cli.EXAMPLES)
+    for command in order:
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        help_text = capsys.readouterr().out
+        for example in cli.EXAMPLES[command]:
+            assert example in help_text
+        for example in cli.EXAMPLES[command]:
+            assert example in readme, example
+            args = re.findall(r"'[^']*'|\S+", example)[1:]
+            args = [a.strip("'") for a in args]
+            code, _ = run_cli(*args, cwd=pytester.path)
+            assert code in (0, 1), example  # a retry of failing tests exits 1
