@@ -103,10 +103,13 @@ def test_failed_only_does_not_import_files_without_failures(
     log = pytester.path / "imports.log"
     pytester.makepyfile(
         test_fails="def test_x():\n    assert False\n",
-        test_fine=f"open({str(log)!r}, 'a').write('imported\\n')\ndef test_y():\n    pass\n",
+        test_fine=f"with open({str(log)!r}, 'a') as log:\n    log.write('imported\\n')\n"
+        "def test_y():\n    pass\n",
     )
     other = pytester.mkpydir("other")
-    (other / "conftest.py").write_text(f"open({str(log)!r}, 'a').write('conftest\\n')\n")
+    (other / "conftest.py").write_text(
+        f"with open({str(log)!r}, 'a') as log:\n    log.write('conftest\\n')\n"
+    )
     (other / "test_deep.py").write_text("def test_z():\n    pass\n")
     pytester.runpytest()
     assert log.read_text() == "conftest\nimported\n"
