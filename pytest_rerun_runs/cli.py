@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(
         "retry",
         "run pytest again with a run's recorded arguments, as a new run (--retry-run)",
+        ("text", "json"),
     )
     sub.add_argument("run", metavar="ID|last")
     sub.add_argument("--failed-only", action="store_true", help="only what failed or never ran")
@@ -395,14 +396,16 @@ def cmd_retry(args: argparse.Namespace, out: TextIO) -> int:
         if args.reason:
             command.append(f"--retry-reason={args.reason}")
         command.extend(args.pytest_args)
-        out.write(f"$ cd {inv.invocation_dir} && {' '.join(command[1:])}\n")
-        out.flush()
+        # With --format json, stdout carries only the summary: pytest talks to stderr.
+        talk = sys.stderr if args.format == "json" else out
+        talk.write(f"$ cd {inv.invocation_dir} && {' '.join(command[1:])}\n")
+        talk.flush()
         store = open_existing_store(args.store)
         try:
             newest = store.latest_run_id() or 0
         finally:
             store.close()
-        code = subprocess.run(command, cwd=inv.invocation_dir, check=False).returncode
+        code = _run_pytest(command, inv.invocation_dir, to_stderr=args.format == "json")
         store = open_existing_store(args.store)
         try:
             retry = _retry_of(store, current, newest)
@@ -414,15 +417,39 @@ def cmd_retry(args: argparse.Namespace, out: TextIO) -> int:
         current, failed_only = retry.id, True
         if code == 0:
             break
-    _write_attempts(args.store, source_id, attempts, out)
+    report = _attempts_report(args.store, source_id, attempts, code)
+    if args.format == "json":
+        write_json(report, out)
+    elif attempts:
+        out.write(f"\nretries of run {source_id}:\n")
+        for number, attempt in enumerate(report["attempts"], start=1):
+            out.write(
+                f"  attempt {number}: run {attempt['run_id']}, exit {attempt['exit_status']},"
+                f" {counts_text(attempt['counts'])}\n"
+            )
+            for nodeid in attempt["passed"]:
+                out.write(f"    passed on attempt {number}: {nodeid}\n")
+        for nodeid in report["still_failing"]:
+            out.write(f"  still failing after {len(attempts)} attempts: {nodeid}\n")
     return code
 
 
-def _write_attempts(
-    store_option: str | None, source_id: int, attempts: list[tuple[RunSummary, int]], out: TextIO
-) -> None:
-    if not attempts:
-        return
+def _run_pytest(command: list[str], cwd: str, *, to_stderr: bool) -> int:
+    if not to_stderr:
+        return subprocess.run(command, cwd=cwd, check=False).returncode
+    try:
+        target = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stderr without a file (captured)
+        finished = subprocess.run(command, cwd=cwd, stdout=subprocess.PIPE, text=True, check=False)
+        sys.stderr.write(finished.stdout)
+        return finished.returncode
+    return subprocess.run(command, cwd=cwd, stdout=target, check=False).returncode
+
+
+def _attempts_report(
+    store_option: str | None, source_id: int, attempts: list[tuple[RunSummary, int]], code: int
+) -> dict[str, Any]:
+    """Which of the source's failures passed on which attempt, and which still fail."""
     store = open_existing_store(store_option)
     try:
         source = store.get_run(source_id)
@@ -431,18 +458,24 @@ def _write_attempts(
         store.close()
     bad = {"failed", "error", "not_run"}
     pending = [r.nodeid for r in source.results if r.outcome in bad]
-    out.write(f"\nretries of run {source_id}:\n")
-    for number, (run, (_, code)) in enumerate(zip(runs, attempts, strict=True), start=1):
+    report: list[dict[str, Any]] = []
+    for run, (_, exit_status) in zip(runs, attempts, strict=True):
         outcome = {r.nodeid: r.outcome for r in run.results}
-        passed = [nodeid for nodeid in pending if outcome.get(nodeid) == "passed"]
-        pending = [nodeid for nodeid in pending if outcome.get(nodeid) in bad]
-        out.write(
-            f"  attempt {number}: run {run.id}, exit {code}, {counts_text(run.summary.counts)}\n"
+        report.append(
+            {
+                "run_id": run.id,
+                "exit_status": exit_status,
+                "counts": dict(run.summary.counts),
+                "passed": [nodeid for nodeid in pending if outcome.get(nodeid) == "passed"],
+            }
         )
-        for nodeid in passed:
-            out.write(f"    passed on attempt {number}: {nodeid}\n")
-    for nodeid in pending:
-        out.write(f"  still failing after {len(runs)} attempts: {nodeid}\n")
+        pending = [nodeid for nodeid in pending if outcome.get(nodeid) in bad]
+    return {
+        "source_run_id": source_id,
+        "exit_status": code,
+        "attempts": report,
+        "still_failing": pending if attempts else [],
+    }
 
 
 def cmd_lineage(args: argparse.Namespace, out: TextIO) -> int:

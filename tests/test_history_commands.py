@@ -97,6 +97,35 @@ def test_attempts_until_a_test_passes(
     assert show(4)["selection"] == ["test_flaky.py::test_broken"]
 
 
+def test_retry_summary_as_json(
+    pytester: pytest.Pytester, store_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytester.makepyfile(test_flaky=FLAKY_TWICE)
+    pytester.runpytest()
+    capsys.readouterr()
+    code, out = run_cli(
+        "--store",
+        str(store_path),
+        "retry",
+        "1",
+        "--failed-only",
+        "--attempts",
+        "2",
+        "--format",
+        "json",
+    )
+    assert code == 1
+    report = json.loads(out)
+    assert report["source_run_id"] == 1
+    assert report["exit_status"] == 1
+    assert [a["run_id"] for a in report["attempts"]] == [2, 3]
+    assert [a["passed"] for a in report["attempts"]] == [
+        [],
+        ["test_flaky.py::test_passes_on_third_run"],
+    ]
+    assert report["still_failing"] == ["test_flaky.py::test_broken"]
+
+
 def test_attempts_stop_when_everything_passes(
     pytester: pytest.Pytester, store_path: Path, show: Callable[..., RunDict]
 ) -> None:

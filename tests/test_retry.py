@@ -510,6 +510,50 @@ def test_doctests_need_the_source_options(
     )
 
 
+def test_source_is_unchanged_by_a_retry_killed_halfway(
+    pytester: pytest.Pytester, show: Callable[..., RunDict], tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    pytester.makeini("[pytest]\nruns_flush_interval = 0\n")
+    pytester.makepyfile(
+        f"""
+        import os
+
+        def test_one(): assert False
+
+        def test_two():
+            if os.environ.get("BLOCK_IN_RETRY"):
+                with open({str(gate)!r}, "w") as gate:
+                    gate.write("running")
+                os.read(os.open({str(gate)!r}, os.O_RDONLY), 1)  # blocks until killed
+            assert False
+        """
+    )
+    pytester.runpytest()
+    source = show(1)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--retry-run=1", "--failed-only"],
+        cwd=pytester.path,
+        env={**os.environ, "BLOCK_IN_RETRY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with open(gate) as reader:
+            assert reader.read() == "running"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert show(1) == source
+    killed = show(2)
+    assert (killed["status"], killed["source_run_id"]) == ("interrupted", 1)
+    assert outcomes(killed) == {
+        "test_source_is_unchanged_by_a_retry_killed_halfway.py::test_one": "failed",
+        "test_source_is_unchanged_by_a_retry_killed_halfway.py::test_two": "not_run",
+    }
+
+
 def test_source_is_unchanged_by_every_kind_of_retry(
     pytester: pytest.Pytester, source: RunDict, show: Callable[..., RunDict]
 ) -> None:
