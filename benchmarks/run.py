@@ -1,333 +1,464 @@
 #!/usr/bin/env python3
-"""Benchmarks of pytest-rerun-runs, in one command: ``python benchmarks/run.py``.
+"""Benchmarks of pytest-rerun-runs against the alternatives, in one command:
 
-Generates a synthetic suite under ``benchmarks/.work/`` and times whole pytest
-processes, interleaving the compared commands (A B A B ...) so that drift of a
-noisy machine hits every command alike. Reports medians and ratios against the
-floor, writes ``benchmarks/RESULTS.md``.
+    python benchmarks/run.py            # 2,000 tests in 200 files (under 10 minutes)
+    python benchmarks/run.py --large    # also 20,000 tests in 2,000 files and in 200 files
 
-Measured:
+Everything runs on generated suites under ``benchmarks/.work/``, in virtual
+environments this command creates there itself:
 
-* recording: ``pytest`` with the plugin vs ``pytest -p no:rerun_runs`` (the
-  floor), without and with ``-n 2``;
-* import cost of the plugin module;
-* store growth per passing result;
-* re-running the suite's failures: the failing node ids given to pytest directly
-  (the floor), ``pytest --lf``, ``pytest --retry-run ID --failed-only``;
-* planning a retry from a store that holds many runs of the whole suite.
+* ``venv-peers``: this project, pytest-xdist, pytest-replay, pytest-reportlog,
+  pytest-json-report (newest pytest);
+* ``venv-history``: pytest-history, which pins pytest < 8 (so it is compared
+  against a floor measured in its own environment).
+
+Compared commands run interleaved (A B C A B C ...) so that a noisy machine's
+drift hits all alike; each figure is a median of ``--repeat`` runs after one
+warm-up, with ``PYTHONDONTWRITEBYTECODE`` unset. Ratios are against the floor of
+their group: pytest with every recorder off for recording, pytest given the
+failing node ids for re-running failures. Peak memory is the pytest process's
+maximum resident set (under ``-n 2``, the controller's). The output size is
+what each recorder writes per test result. Results go to ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
+import random
 import shutil
 import sqlite3
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import venv
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
 ROOT = HERE.parent
+PEERS = ["pytest-xdist", "pytest-replay", "pytest-reportlog", "pytest-json-report"]
+HISTORY = ["pytest>=7.4.3,<8", "pytest-xdist", "pytest-history"]
 
 
-def generate_suite(directory: Path, files: int, tests: int, failures: int, seed: int = 1) -> Path:
-    """``files`` modules in package-less directories of 100 files, ``tests`` tests in
-    all; the first ``failures`` files each hold one failing test."""
+# -- suites -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    tests: int
+    files: int
+    failures: int = 20
+    seed: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"{self.tests} tests in {self.files} files"
+
+
+def generate_suite(spec: SuiteSpec) -> Path:
+    """A suite of ``spec.tests`` tests in ``spec.files`` files (100 files a directory):
+    plain functions, methods of a test class, parametrized tests, a conftest
+    fixture; ``spec.failures`` failing tests chosen by ``spec.seed``."""
+    directory = WORK / f"suite-{spec.tests}-{spec.files}-{spec.failures}-{spec.seed}"
     marker = directory / ".generated"
-    spec = json.dumps({"files": files, "tests": tests, "failures": failures, "seed": seed})
-    if marker.exists() and marker.read_text() == spec:
+    if marker.exists():
         return directory
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     (directory / "pytest.ini").write_text("[pytest]\n")
-    per_file = tests // files
-    failing_files = set(range(0, files, max(files // max(failures, 1), 1))[:failures])
-    for index in range(files):
+    (directory / "conftest.py").write_text(
+        "import pytest\n\n\n@pytest.fixture\ndef number():\n    return 7\n"
+    )
+    per_file = spec.tests // spec.files
+    failing = set(random.Random(spec.seed).sample(range(spec.tests), spec.failures))
+    for index in range(spec.files):
         package = directory / f"tests_{index // 100:03d}"
         package.mkdir(exist_ok=True)
-        lines = []
-        for number in range(per_file):
-            body = "assert False" if index in failing_files and number == 0 else "pass"
-            lines.append(f"def test_case_{number:04d}():\n    {body}\n")
+        first = index * per_file
+        lines = ["import pytest", ""]
+        shapes = per_file // 4
+        params = per_file - 3 * shapes
+        number = first
+        for local in range(shapes):
+            lines.append(f"def test_plain_{local}(number):\n    assert {number not in failing}\n")
+            number += 1
+        lines.append("class TestGroup:")
+        for local in range(shapes):
+            lines.append(
+                f"    def test_method_{local}(self):\n        assert {number not in failing}\n"
+            )
+            number += 1
+        for local in range(shapes):
+            lines.append(f"\ndef test_more_{local}():\n    assert {number not in failing}\n")
+            number += 1
+        outcomes = [number + i not in failing for i in range(params)]
+        lines.append(
+            f"\n@pytest.mark.parametrize('ok', {outcomes!r})\ndef test_param(ok):\n    assert ok\n"
+        )
         (package / f"test_mod_{index:05d}.py").write_text("\n".join(lines))
-    marker.write_text(spec)
+    marker.write_text(json.dumps(spec.__dict__))
     return directory
 
 
-def pytest_env() -> dict[str, str]:
+# -- environments -------------------------------------------------------------------
+
+
+def ensure_venv(name: str, requirements: Sequence[str]) -> Path:
+    path = WORK / name
+    python = path / "bin" / "python"
+    wanted = hashlib.sha256(
+        repr(list(requirements)).encode() + (ROOT / "pyproject.toml").read_bytes()
+    ).hexdigest()
+    stamp = path / ".installed"
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    shutil.rmtree(path, ignore_errors=True)
+    venv.EnvBuilder(with_pip=True).create(path)
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            *requirements,
+        ],
+        check=True,
+    )
+    stamp.write_text(wanted)
+    return python
+
+
+def bench_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # bytecode caching is part of real runs
-    env.pop("PYTEST_RUNS_STORE", None)
-    env.pop("PYTEST_ADDOPTS", None)
+    for name in (
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTEST_RUNS_STORE",
+        "PYTEST_ADDOPTS",
+        "PYTEST_HISTORY_DB",
+    ):
+        env.pop(name, None)
     return env
 
 
+# -- measuring ---------------------------------------------------------------------
+
+
 @dataclass
-class Measured:
+class Measure:
     name: str
     command: list[str]
+    prepare: Callable[[], None] = lambda: None
     seconds: list[float] = field(default_factory=list)
+    peak_kib: list[int] = field(default_factory=list)
 
     @property
     def median(self) -> float:
         return statistics.median(self.seconds)
 
+    @property
+    def memory_mib(self) -> float:
+        return statistics.median(self.peak_kib) / 1024
 
-def time_command(command: Sequence[str], cwd: Path, allowed: Sequence[int] = (0, 1)) -> float:
+
+def run_once(command: Sequence[str], cwd: Path) -> tuple[float, int]:
+    """Wall time and peak RSS (KiB) of one pytest process; exits 0 or 1 expected."""
     start = time.perf_counter()
-    result = subprocess.run(
-        command,
-        cwd=cwd,
-        env=pytest_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        check=False,
+    process = subprocess.Popen(
+        command, cwd=cwd, env=bench_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
+    _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - start
-    if result.returncode not in allowed:
-        raise SystemExit(
-            f"{' '.join(command)} exited {result.returncode}: {result.stderr[-2000:]!r}"
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.stderr is not None
+    errors = process.stderr.read().decode(errors="replace")
+    process.stderr.close()
+    if process.returncode not in (0, 1):
+        raise SystemExit(f"{' '.join(command)} exited {process.returncode}: {errors[-2000:]}")
+    return elapsed, usage.ru_maxrss
+
+
+def interleave(measures: list[Measure], cwd: Path, repeat: int) -> None:
+    for round_number in range(repeat + 1):  # the first round warms up
+        for measure in measures:
+            measure.prepare()
+            seconds, peak = run_once(measure.command, cwd)
+            if round_number:
+                measure.seconds.append(seconds)
+                measure.peak_kib.append(peak)
+    for measure in measures:
+        print(f"  {measure.name}: {[round(s, 2) for s in measure.seconds]}", flush=True)
+
+
+def table(title: str, measures: list[Measure], floor: Measure, sizes: dict[str, str]) -> list[str]:
+    lines = [
+        f"| {title} | median (s) | x floor | peak memory (MiB) | written per result |",
+        "|---|---|---|---|---|",
+    ]
+    for measure in measures:
+        lines.append(
+            f"| {measure.name} | {measure.median:.2f} | {measure.median / floor.median:.2f} |"
+            f" {measure.memory_mib:.0f} | {sizes.get(measure.name, '')} |"
         )
-    return elapsed
+    return lines
 
 
-def interleave(measures: list[Measured], cwd: Path, repeat: int, warmup: int = 1) -> None:
-    for _ in range(warmup):
-        for measure in measures:
-            time_command(measure.command, cwd)
-    for _ in range(repeat):
-        for measure in measures:
-            measure.seconds.append(time_command(measure.command, cwd))
+def size_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
 
 
-def import_cost(repeat: int) -> float:
+def fresh(*paths: Path) -> Callable[[], None]:
+    def remove() -> None:
+        for path in paths:
+            for found in path.parent.glob(path.name + "*"):
+                if found.is_dir():
+                    shutil.rmtree(found)
+                else:
+                    found.unlink()
+
+    return remove
+
+
+def checkpoint(store: Path) -> None:
+    connection = sqlite3.connect(store)
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    connection.close()
+
+
+# -- the comparisons ------------------------------------------------------------------
+
+
+def recording(
+    spec: SuiteSpec, suite: Path, peers: Path, history: Path | None, *, repeat: int, xdist: bool
+) -> list[str]:
+    out = WORK / "out"
+    out.mkdir(exist_ok=True)
+    n = ["-n", "2"] if xdist else []
+    base = [str(peers), "-m", "pytest", "-q", "-p", "no:randomly", *n]
+    off = [*base, "-p", "no:rerun_runs"]
+    store, replay, reportlog, jsonreport = (
+        out / "ours.db",
+        out / "replay",
+        out / "report.jsonl",
+        out / "report.json",
+    )
+    measures = [
+        Measure("floor: pytest, recorders off", off),
+        Measure("pytest-rerun-runs", [*base, f"--runs-store={store}"], fresh(store)),
+        Measure("pytest-replay --replay-record-dir", [*off, f"--replay-record-dir={replay}"]),
+        Measure("pytest-reportlog --report-log", [*off, f"--report-log={reportlog}"]),
+        Measure(
+            "pytest-json-report --json-report",
+            [*off, "--json-report", f"--json-report-file={jsonreport}"],
+        ),
+    ]
+    suffix = " (-n 2)" if xdist else ""
+    print(f"recording, {spec.name}{suffix}", flush=True)
+    interleave(measures, suite, repeat)
+    checkpoint(store)
+    per = spec.tests
+    sizes = {
+        "pytest-rerun-runs": f"{size_of(store) / per:.0f} B",
+        "pytest-replay --replay-record-dir": f"{size_of(replay) / per:.0f} B",
+        "pytest-reportlog --report-log": f"{size_of(reportlog) / per:.0f} B",
+        "pytest-json-report --json-report": f"{size_of(jsonreport) / per:.0f} B",
+    }
+    lines = table(f"recording{suffix}", measures, measures[0], sizes)
+    if history is not None:
+        # pytest-history creates its database by name in the current directory.
+        db = suite / ".history-bench.db"
+        hist_base = [str(history), "-m", "pytest", "-q", *n]
+        history_measures = [
+            Measure(
+                "floor (pytest 7 venv): pytest -p no:pytest-history",
+                [*hist_base, "-p", "no:pytest-history"],
+            ),
+            Measure("pytest-history", [*hist_base, f"--history-db={db.name}"], fresh(db)),
+        ]
+        interleave(history_measures, suite, repeat)
+        lines += table(
+            f"recording{suffix}, pytest-history's environment",
+            history_measures,
+            history_measures[0],
+            {"pytest-history": f"{size_of(db) / per:.0f} B"},
+        )[2:]
+    return lines
+
+
+def rerunning(spec: SuiteSpec, suite: Path, peers: Path, repeat: int) -> list[str]:
+    from_here = [str(peers), "-m", "pytest", "-q", "-p", "no:randomly"]
+    off = [*from_here, "-p", "no:rerun_runs"]
+    out = WORK / "out"
+    store = out / "retry-source.db"
+    replay_dir = out / "replay-source"
+    fresh(store, replay_dir)()
+    # One recorded run is the source of every re-run; it also fills --lf's cache.
+    run_once([*from_here, f"--runs-store={store}", f"--replay-record-dir={replay_dir}"], suite)
+    checkpoint(store)
+    failing = failing_node_ids(store)
+    replay_failures = out / "replay-failures.txt"
+    replay_failures.write_text("".join(json.dumps({"nodeid": nodeid}) + "\n" for nodeid in failing))
+    measures = [
+        Measure(f"floor: pytest <{len(failing)} failing node ids>", [*off, *failing]),
+        Measure("pytest --lf", [*off, "--lf"]),
+        Measure(
+            "pytest --retry-run ID --failed-only",
+            [*from_here, f"--runs-store={store}", "--retry-run=1", "--failed-only"],
+        ),
+        Measure("pytest-replay --replay <failures>", [*off, f"--replay={replay_failures}"]),
+    ]
+    print(f"re-running {len(failing)} failures, {spec.name}", flush=True)
+    interleave(measures, suite, repeat)
+    return table("re-running the failures", measures, measures[0], {})
+
+
+def failing_node_ids(store_path: Path) -> list[str]:
+    sys.path.insert(0, str(ROOT))
+    from pytest_rerun_runs.store import open_store
+
+    store = open_store(str(store_path), create=False)
+    try:
+        return [r.nodeid for r in store.get_run(1, {"failed"}).results]
+    finally:
+        store.close()
+
+
+def planning(peers: Path, tests: int, runs: int, repeat: int) -> str:
+    """Median time to open a store of ``runs`` runs of ``tests`` results each and plan
+    a failed-only retry of one in the middle (in the peers' environment)."""
+    code = f"""
+import sqlite3, statistics, time
+from pathlib import Path
+from pytest_rerun_runs.planner import RETRY_SOURCE_OUTCOMES, plan_retry
+from pytest_rerun_runs.store import open_store
+source = Path({str(WORK / "out" / "retry-source.db")!r})
+big = Path({str(WORK / f"planning-{runs}-{tests}.db")!r})
+if not big.exists():
+    tmp = big.with_suffix(".tmp")
+    tmp.write_bytes(source.read_bytes())
+    c = sqlite3.connect(tmp, isolation_level=None)
+    columns = ("status, exit_status, created_at, started_at, label, meta, invocation, host,"
+               " pid, attempt, mode, reason, selection, selection_size, deselected, missing,"
+               " counts")
+    c.execute("BEGIN")
+    for _ in range({runs} - 1):
+        new = c.execute(f"INSERT INTO runs ({{columns}}) SELECT {{columns}} FROM runs"
+                        " WHERE id = 1").lastrowid
+        c.execute("INSERT INTO results SELECT ?, position, outcome, phase, setup_us, call_us,"
+                  " teardown_us, worker, longrepr, rerun_attempts, nodeid, file FROM results"
+                  " WHERE run_id = 1", (new,))
+        c.execute("UPDATE runs SET root_run_id = id, finished_at = created_at + 1 WHERE id = ?",
+                  (new,))
+    c.execute("COMMIT")
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    c.close()
+    tmp.rename(big)
+samples = []
+for _ in range({repeat}):
+    start = time.perf_counter()
+    store = open_store(str(big), create=False)
+    plan_retry(store.get_run({runs} // 2, RETRY_SOURCE_OUTCOMES), failed_only=True)
+    store.close()
+    samples.append(time.perf_counter() - start)
+print(statistics.median(samples))
+"""
+    result = subprocess.run(
+        [str(peers), "-c", code], env=bench_env(), capture_output=True, text=True, check=True
+    )
+    seconds = float(result.stdout)
+    return (
+        f"Planning a failed-only retry from a store of {runs} runs of {tests} results:"
+        f" {seconds * 1000:.0f} ms (median of {repeat})"
+    )
+
+
+def import_cost(peers: Path, repeat: int) -> str:
     code = (
         "import time, pytest; start = time.perf_counter();"
         " import pytest_rerun_runs.plugin; print(time.perf_counter() - start)"
     )
-    samples = []
-    for _ in range(repeat):
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            env=pytest_env(),
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        samples.append(float(out))
-    return statistics.median(samples)
-
-
-def store_bytes_per_result(suite: Path, tests: int, runs: int = 3) -> tuple[float, float]:
-    """Bytes the store grows by for the first run and for each later run of the suite."""
-    store = WORK / "size-check.db"
-    for path in WORK.glob("size-check.db*"):
-        path.unlink()
-    sizes = []
-    for _ in range(runs):
-        time_command(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                f"--runs-store={store}",
-            ],
-            suite,
+    samples = [
+        float(
+            subprocess.run(
+                [str(peers), "-c", code],
+                env=bench_env(),
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
         )
-        connection = sqlite3.connect(store)
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        connection.close()
-        sizes.append(store.stat().st_size)
-    first = sizes[0] / tests
-    later = (sizes[-1] - sizes[0]) / (tests * (runs - 1))
-    return first, later
+        for _ in range(repeat)
+    ]
+    return f"Import of the plugin module: {statistics.median(samples) * 1000:.1f} ms (median)"
 
 
-def record_source(suite: Path, store: Path) -> tuple[int, list[str]]:
-    """A fresh store holding one recorded run of ``suite``; its id and failing node ids."""
-    from pytest_rerun_runs.store import open_store
-
-    for path in store.parent.glob(store.name + "*"):
-        path.unlink()
-    time_command(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", f"--runs-store={store}"],
-        suite,
-    )
-    opened = open_store(str(store), create=False)
-    try:
-        run_id = opened.latest_run_id(finished=True)
-        assert run_id is not None
-        run = opened.get_run(run_id)
-    finally:
-        opened.close()
-    return run_id, [r.nodeid for r in run.results if r.outcome == "failed"]
-
-
-def planning_seconds(source_store: Path, runs: int, repeat: int) -> float:
-    """Median time to open a store of ``runs`` copies of the source run and plan a
-    failed-only retry of one in the middle."""
-    from pytest_rerun_runs.planner import RETRY_SOURCE_OUTCOMES, plan_retry
-    from pytest_rerun_runs.store import open_store
-
-    big = WORK / f"planning-{runs}.db"
-    if not big.exists():
-        shutil.copy(source_store, WORK / "planning-tmp.db")
-        connection = sqlite3.connect(WORK / "planning-tmp.db", isolation_level=None)
-        columns = (
-            "status, exit_status, created_at, started_at, label, meta, invocation, host, pid,"
-            " attempt, mode, reason, selection, selection_size, deselected, missing, counts"
-        )
-        connection.execute("BEGIN")
-        for _ in range(runs - 1):
-            cursor = connection.execute(
-                f"INSERT INTO runs ({columns}) SELECT {columns} FROM runs WHERE id = 1"
-            )
-            new_id = cursor.lastrowid
-            connection.execute(
-                "INSERT INTO results SELECT ?, position, outcome, phase, setup_us, call_us,"
-                " teardown_us, worker, longrepr, rerun_attempts, nodeid, file FROM results"
-                " WHERE run_id = 1",
-                (new_id,),
-            )
-            connection.execute(
-                "UPDATE runs SET root_run_id = id, finished_at = created_at + 1 WHERE id = ?",
-                (new_id,),
-            )
-        connection.execute("COMMIT")
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        connection.close()
-        (WORK / "planning-tmp.db").rename(big)
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        store = open_store(str(big), create=False)
-        try:
-            plan_retry(store.get_run(runs // 2, RETRY_SOURCE_OUTCOMES), failed_only=True)
-        finally:
-            store.close()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
-def machine() -> str:
-    cpus = os.cpu_count()
-    try:
-        import pytest
-
-        pytest_version = pytest.__version__
-    except ImportError:  # pragma: no cover
-        pytest_version = "?"
+def machine(python: Path) -> str:
+    versions = subprocess.run(
+        [str(python), "-c", "import pytest, xdist; print(pytest.__version__, xdist.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return (
-        f"{platform.machine()}, {cpus} cores, {platform.system()} {platform.release()},"
-        f" Python {platform.python_version()}, pytest {pytest_version}"
+        f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()},"
+        f" Python {platform.python_version()}, pytest {versions[0]}, pytest-xdist {versions[1]}"
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tests", type=int, default=20_000)
-    parser.add_argument("--files", type=int, default=2_000)
-    parser.add_argument("--failures", type=int, default=20)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--no-xdist", action="store_true", help="skip the -n 2 comparison")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
-        "--planning-runs", type=int, default=1000, help="runs in the store for planning (0: skip)"
+        "--large", action="store_true", help="also the 20,000-test suites (2,000 files; 200 files)"
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="measured runs per command")
+    parser.add_argument("--no-history", action="store_true", help="skip pytest-history")
+    parser.add_argument(
+        "--planning-runs", type=int, default=1000, help="runs in the planning store (0: skip)"
     )
     args = parser.parse_args(argv)
 
     WORK.mkdir(exist_ok=True)
-    suite = generate_suite(
-        WORK / f"suite-{args.tests}-{args.files}", args.files, args.tests, args.failures
-    )
-    store = WORK / "bench-runs.db"
-    pytest_cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly"]
-    lines = [f"Machine: {machine()}", f"Suite: {args.tests} tests in {args.files} files", ""]
-    lines.append("| comparison | median (s) | ratio to floor |")
-    lines.append("|---|---|---|")
+    started = time.time()
+    peers = ensure_venv("venv-peers", ["-e", str(ROOT), *PEERS])
+    history = None if args.no_history else ensure_venv("venv-history", HISTORY)
+    specs = [SuiteSpec(2_000, 200)]
+    if args.large:
+        specs += [SuiteSpec(20_000, 2_000), SuiteSpec(20_000, 200)]
 
-    groups: list[list[Measured]] = [
-        [
-            Measured("floor: pytest -p no:rerun_runs", [*pytest_cmd, "-p", "no:rerun_runs"]),
-            Measured("recording: pytest", [*pytest_cmd, f"--runs-store={store}"]),
-        ]
-    ]
-    if not args.no_xdist:
-        groups.append(
-            [
-                Measured(
-                    "floor: pytest -n 2 -p no:rerun_runs",
-                    [*pytest_cmd, "-n", "2", "-p", "no:rerun_runs"],
-                ),
-                Measured(
-                    "recording: pytest -n 2", [*pytest_cmd, "-n", "2", f"--runs-store={store}"]
-                ),
-            ]
-        )
-    for group in groups:
-        interleave(group, suite, args.repeat)
-        floor = group[0].median
-        for measure in group:
-            lines.append(
-                f"| {measure.name} | {measure.median:.2f} | {measure.median / floor:.3f} |"
-            )
-            print(f"{measure.name}: {[round(s, 2) for s in measure.seconds]}", flush=True)
-
-    source_store = WORK / "retry-runs.db"
-    source_id, failing = record_source(suite, source_store)
-    retries = [
-        Measured(
-            f"floor: pytest <{len(failing)} failing node ids>",
-            [*pytest_cmd, "-p", "no:rerun_runs", *failing],
-        ),
-        Measured("pytest --lf", [*pytest_cmd, "-p", "no:rerun_runs", "--lf"]),
-        Measured(
-            "pytest --retry-run ID --failed-only",
-            [
-                *pytest_cmd,
-                f"--runs-store={source_store}",
-                f"--retry-run={source_id}",
-                "--failed-only",
-            ],
-        ),
-    ]
-    interleave(retries, suite, args.repeat)
-    lines += ["", "| re-running the failures | median (s) | ratio to floor |", "|---|---|---|"]
-    for measure in retries:
-        ratio = measure.median / retries[0].median
-        lines.append(f"| {measure.name} | {measure.median:.2f} | {ratio:.3f} |")
-        print(f"{measure.name}: {[round(s, 2) for s in measure.seconds]}", flush=True)
-
-    imported = import_cost(args.repeat * 2)
-    first, later = store_bytes_per_result(suite, args.tests)
-    lines += [
+    report = [
+        "# Benchmark results",
         "",
-        f"Import of the plugin module: {imported * 1000:.1f} ms (median)",
-        f"Store growth per passing result: {first:.1f} bytes (first run, node ids included),"
-        f" {later:.1f} bytes (each later run)",
-        f"Medians of {args.repeat} interleaved runs after a warm-up.",
+        f"Written by `python benchmarks/run.py{' --large' if args.large else ''}`"
+        f" on {time.strftime('%Y-%m-%d', time.gmtime())}.",
+        "",
+        f"Machine: {machine(peers)}.",
+        f"Medians of {args.repeat} interleaved runs after a warm-up; ratios against the"
+        " floor of each table.",
     ]
-    if args.planning_runs:
-        planned = planning_seconds(source_store, args.planning_runs, args.repeat)
-        lines.append(
-            f"Planning a failed-only retry from a store of {args.planning_runs} runs of"
-            f" {args.tests} results: {planned * 1000:.0f} ms (median)"
-        )
-    report = "\n".join(lines) + "\n"
-    print(report)
-    (HERE / "RESULTS.md").write_text(
-        "# Benchmark results\n\nWritten by `python benchmarks/run.py`.\n\n" + report
-    )
+    for spec in specs:
+        suite = generate_suite(spec)
+        report += ["", f"## {spec.name}, {spec.failures} failing", ""]
+        report += recording(spec, suite, peers, history, repeat=args.repeat, xdist=False)
+        report += [""]
+        report += recording(spec, suite, peers, history, repeat=args.repeat, xdist=True)
+        report += [""]
+        report += rerunning(spec, suite, peers, args.repeat)
+        if args.planning_runs and spec.tests >= 20_000:
+            report += ["", planning(peers, spec.tests, args.planning_runs, args.repeat)]
+    report += ["", import_cost(peers, 10), f"Total time: {(time.time() - started) / 60:.1f} min"]
+    text = "\n".join(report) + "\n"
+    (HERE / "RESULTS.md").write_text(text)
+    print(text)
     return 0
 
 

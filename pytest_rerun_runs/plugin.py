@@ -200,6 +200,25 @@ def check_separate_path_option(config: pytest.Config, option: str) -> None:
             )
 
 
+def plugin_distributions(config: pytest.Config) -> list[str]:
+    """``name-version`` of every installed distribution that provides a pytest plugin.
+
+    Parsing each distribution's METADATA costs about a millisecond, so the name and
+    version are read from its ``.dist-info`` directory name where there is one
+    (``importlib.metadata``'s private ``_path``, checked on CPython 3.10 to 3.13),
+    and from the metadata otherwise.
+    """
+    found = set()
+    for _, dist in config.pluginmanager.list_plugin_distinfo():
+        directory = getattr(getattr(dist, "_dist", None), "_path", None)
+        name = getattr(directory, "name", "")
+        if name.endswith(".dist-info") and name.count("-") == 1:
+            found.add(name.removesuffix(".dist-info").replace("_", "-"))
+        else:
+            found.add(f"{dist.project_name}-{dist.version}")
+    return sorted(found)
+
+
 def user_gave_paths(config: pytest.Config) -> bool:
     """Whether the collection arguments came from the command line (or addopts)."""
     return bool(config.args_source == pytest.Config.ArgsSource.ARGS)
@@ -417,7 +436,6 @@ class RecordingPlugin:
             f"{uname.sysname}-{uname.release}-{uname.machine}" if uname else sys.platform
         )
         workers = getattr(config.option, "numprocesses", None)
-        distributions = config.pluginmanager.list_plugin_distinfo()
         return Invocation(
             args=[str(arg) for arg in config.invocation_params.args],
             invocation_dir=str(config.invocation_params.dir),
@@ -428,7 +446,7 @@ class RecordingPlugin:
             platform=platform_name,
             host=hostname(),
             pid=os.getpid(),
-            plugins=sorted({f"{dist.project_name}-{dist.version}" for _, dist in distributions}),
+            plugins=plugin_distributions(config),
             workers=workers if isinstance(workers, int) else None,
             git=git_info(config.rootpath),
             ci=ci_info(),
