@@ -254,7 +254,7 @@ def recording(
     )
     measures = [
         Measure("floor: pytest, recorders off", off),
-        Measure("pytest-rerun-runs", [*base, f"--runs-store={store}"], fresh(store)),
+        Measure("pytest-rerun-runs", [*base, f"--runs-store={store}"]),
         Measure("pytest-replay --replay-record-dir", [*off, f"--replay-record-dir={replay}"]),
         Measure("pytest-reportlog --report-log", [*off, f"--report-log={reportlog}"]),
         Measure(
@@ -264,7 +264,10 @@ def recording(
     ]
     suffix = " (-n 2)" if xdist else ""
     print(f"recording, {spec.name}{suffix}", flush=True)
+    fresh(store)()  # a store that already holds runs, as in real use
     interleave(measures, suite, repeat)
+    fresh(store)()
+    run_once(measures[1].command, suite)  # one run in a new store, to measure its size
     checkpoint(store)
     per = spec.tests
     sizes = {
@@ -283,9 +286,12 @@ def recording(
                 "floor (pytest 7 venv): pytest -p no:pytest-history",
                 [*hist_base, "-p", "no:pytest-history"],
             ),
-            Measure("pytest-history", [*hist_base, f"--history-db={db.name}"], fresh(db)),
+            Measure("pytest-history", [*hist_base, f"--history-db={db.name}"]),
         ]
+        fresh(db)()
         interleave(history_measures, suite, repeat)
+        fresh(db)()
+        run_once(history_measures[1].command, suite)
         lines += table(
             f"recording{suffix}, pytest-history's environment",
             history_measures,

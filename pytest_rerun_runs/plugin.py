@@ -211,9 +211,10 @@ def plugin_distributions(config: pytest.Config) -> list[str]:
     found = set()
     for _, dist in config.pluginmanager.list_plugin_distinfo():
         directory = getattr(getattr(dist, "_dist", None), "_path", None)
-        name = getattr(directory, "name", "")
-        if name.endswith(".dist-info") and name.count("-") == 1:
-            found.add(name.removesuffix(".dist-info").replace("_", "-"))
+        name = str(getattr(directory, "name", ""))
+        stem = name.removesuffix(".dist-info")
+        if stem != name and stem.count("-") == 1:
+            found.add(stem.replace("_", "-"))
         else:
             found.add(f"{dist.project_name}-{dist.version}")
     return sorted(found)
