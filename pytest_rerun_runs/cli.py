@@ -299,12 +299,17 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
-    store = open_existing_store(args.store)
+def load_run(store_option: str | None, run: str) -> tuple[Run, str]:
+    """The run named by ``ID``/``last`` and the location of its store."""
+    store = open_existing_store(store_option)
     try:
-        run = store.get_run(parse_run_id(args.run, store))
+        return store.get_run(parse_run_id(run, store)), store.location
     finally:
         store.close()
+
+
+def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
+    run, _ = load_run(args.store, args.run)
     if args.format == "json":
         write_json(run.to_dict(), out)
         return 0
@@ -570,17 +575,13 @@ def _ids(ids: Sequence[int], limit: int = 6) -> str:
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     from pytest_rerun_runs import exchange
 
-    store = open_existing_store(args.store)
-    try:
-        run = store.get_run(parse_run_id(args.run, store))
-    finally:
-        store.close()
+    run, location = load_run(args.store, args.run)
     if run.summary.pruned_at is not None and args.format != "junit":
         raise CommandError(f"run {run.id}'s results are no longer retained (pruned)")
     if args.format == "junit":
         text = exchange.junit_xml(run)
     else:
-        data = exchange.export_dict(run, store.location, omit_args=args.omit_args)
+        data = exchange.export_dict(run, location, omit_args=args.omit_args)
         text = exchange.dump_json(data) if args.format == "json" else exchange.dump_yaml(data)
     if args.output:
         try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import pytest
 from pytest_rerun_runs import cli
 from pytest_rerun_runs.invocation import CI_PROVIDERS
 from pytest_rerun_runs.locate import ENV_VAR
+from pytest_rerun_runs.store import Invocation
 
 RunDict = dict[str, Any]
 
@@ -77,4 +79,36 @@ def run_pytest_subprocess(
         text=True,
         timeout=timeout,
         check=False,
+    )
+
+
+def kill_at_gate(cwd: Path, gate: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    """Run pytest in a real process, wait until a test opens the FIFO ``gate`` and
+    writes ``running`` to it, then SIGKILL the process (no sleeps)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with open(gate) as reader:  # returns once the blocking test is running
+            assert reader.read() == "running"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
+def make_invocation(pid: int = 1, host: str = "host") -> Invocation:
+    return Invocation(
+        args=[],
+        invocation_dir="/p",
+        rootdir="/p",
+        inifile=None,
+        python="3",
+        pytest="9",
+        platform="x",
+        host=host,
+        pid=pid,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunDict, outcomes
+from tests.conftest import RunDict, kill_at_gate, outcomes
 from tests.test_recording import EXPECTED, SHAPES
 
 
@@ -93,18 +92,7 @@ def test_sigkill_keeps_earlier_results_and_reads_interrupted(
         def test_after(): pass
         """
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
-        cwd=pytester.path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        with open(gate) as reader:  # returns once test_blocks is running
-            assert reader.read() == "running"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    kill_at_gate(pytester.path, gate, "-p", "no:cacheprovider")
     run = show()
     assert run["status"] == "interrupted"
     assert run["finished_at"] is None

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_rerun_runs.store import Invocation, NewRun, open_store
-from tests.conftest import RunDict, outcomes
+from pytest_rerun_runs.store import NewRun, hostname, open_store
+from tests.conftest import RunDict, kill_at_gate, make_invocation, outcomes
 
 SUITE = {
     "test_a": """
@@ -156,18 +154,7 @@ def test_failed_only_resumes_a_killed_run(
         def test_four(): pass
         """
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
-        cwd=pytester.path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        with open(gate) as reader:
-            assert reader.read() == "running"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    kill_at_gate(pytester.path, gate, "-p", "no:cacheprovider")
     killed = show(1)
     assert killed["status"] == "interrupted"
     result = pytester.runpytest("--retry-run=last", "--failed-only")
@@ -425,27 +412,14 @@ def test_failed_only_of_a_running_run_names_host_and_pid(
     pytester.runpytest()
     store = open_store(str(store_path))
     try:
-        invocation = Invocation(
-            args=[],
-            invocation_dir=".",
-            rootdir=".",
-            inifile=None,
-            python="3",
-            pytest="9",
-            platform="x",
-            host=socket.gethostname(),
-            pid=os.getpid(),
-        )
+        invocation = make_invocation(pid=os.getpid(), host=hostname())
         running = store.create_run(NewRun(invocation=invocation, created_at=1.0, started_at=1.0))
     finally:
         store.close()
     result = pytester.runpytest(f"--retry-run={running}", "--failed-only")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        [
-            f"ERROR: --retry-run 2: run 2 is still running (host {socket.gethostname()},"
-            f" pid {os.getpid()}); *"
-        ]
+        [f"ERROR: --retry-run 2: run 2 is still running (host {hostname()}, pid {os.getpid()}); *"]
     )
 
 
@@ -532,19 +506,7 @@ def test_source_is_unchanged_by_a_retry_killed_halfway(
     )
     pytester.runpytest()
     source = show(1)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--retry-run=1", "--failed-only"],
-        cwd=pytester.path,
-        env={**os.environ, "BLOCK_IN_RETRY": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        with open(gate) as reader:
-            assert reader.read() == "running"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    kill_at_gate(pytester.path, gate, "--retry-run=1", "--failed-only", env={"BLOCK_IN_RETRY": "1"})
     assert show(1) == source
     killed = show(2)
     assert (killed["status"], killed["source_run_id"]) == ("interrupted", 1)

@@ -14,30 +14,15 @@ from pytest_rerun_runs.invocation import ci_info, git_info
 from pytest_rerun_runs.recorder import Recorder
 from pytest_rerun_runs.store import (
     GitInfo,
-    Invocation,
     NewRun,
     Result,
     RunFinish,
     SelectedTest,
     Selection,
+    hostname,
     open_store,
 )
-from tests.conftest import RunDict, run_cli
-
-
-def make_invocation(pid: int = 1, host: str = "host") -> Invocation:
-    return Invocation(
-        args=[],
-        invocation_dir="/p",
-        rootdir="/p",
-        inifile=None,
-        python="3",
-        pytest="9",
-        platform="x",
-        host=host,
-        pid=pid,
-    )
-
+from tests.conftest import RunDict, make_invocation, run_cli
 
 # -- where the store is -------------------------------------------------------
 
@@ -139,7 +124,6 @@ def test_store_round_trip(tmp_path: Path) -> None:
 
 
 def test_run_of_a_vanished_process_reads_interrupted(tmp_path: Path) -> None:
-    import socket
 
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -150,7 +134,7 @@ def test_run_of_a_vanished_process_reads_interrupted(tmp_path: Path) -> None:
     dead_pid = int(gone.stdout)
     store = open_store(str(tmp_path / "runs.db"))
     try:
-        invocation = make_invocation(pid=dead_pid, host=socket.gethostname())
+        invocation = make_invocation(pid=dead_pid, host=hostname())
         run_id = store.create_run(NewRun(invocation=invocation, created_at=1.0, started_at=1.0))
         assert store.get_summary(run_id).status == "interrupted"
         assert store.latest_run_id(finished=True) == run_id
