@@ -124,7 +124,6 @@ def test_store_round_trip(tmp_path: Path) -> None:
 
 
 def test_run_of_a_vanished_process_reads_interrupted(tmp_path: Path) -> None:
-
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
