@@ -104,7 +104,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     """Validate the options and plan a retry before anything is collected or written."""
-    if hasattr(config, "workerinput") or _not_a_test_session(config):
+    if hasattr(config, "workerinput"):
+        return None
+    previewing = config.option.collectonly and config.getoption("retry_run") is not None
+    if _not_a_test_session(config) and not previewing:
         _reject_retry_options_without_retry(config)
         return None
     try:
@@ -112,8 +115,9 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     except NothingToRetry as exc:
         sys.stdout.write(f"{exc}\n")
         return int(pytest.ExitCode.NO_TESTS_COLLECTED)
-    config.stash[recording_key] = plugin
-    config.pluginmanager.register(plugin, PLUGIN_NAME)
+    if not previewing:  # --collect-only shows what a retry would run and records nothing
+        config.stash[recording_key] = plugin
+        config.pluginmanager.register(plugin, PLUGIN_NAME)
     if plugin.retry is not None:
         retry_plugin = RetryPlugin(config, plugin.retry.to_workerinput())
         config.pluginmanager.register(retry_plugin, "rerun-runs-retry")

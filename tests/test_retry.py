@@ -95,6 +95,23 @@ def test_failed_only_runs_failures_and_errors(
     )
 
 
+def test_collect_only_previews_a_retry_without_recording(
+    pytester: pytest.Pytester, source: RunDict, store_path: Path
+) -> None:
+    result = pytester.runpytest("--retry-run=1", "--failed-only", "--collect-only", "-q")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        [
+            "test_a.py::test_fail",
+            "test_a.py::test_setup_error",
+            "test_a.py::test_teardown_error",
+            "",
+            "3/4 tests collected (1 deselected) in *",
+        ]
+    )
+    assert count_runs(store_path) == 1
+
+
 def test_failed_only_does_not_import_files_without_failures(
     pytester: pytest.Pytester, show: Callable[..., RunDict]
 ) -> None:
