@@ -147,6 +147,41 @@ def test_failed_only_resumes_after_exitfirst(
     assert names == ["test_b", "test_c", "test_d"]
 
 
+INTERRUPTING = {
+    "ctrl-c": ("raise KeyboardInterrupt", []),
+    "maxfail": ("assert False", ["--maxfail=1"]),
+    "crashed xdist worker": ("os._exit(1)", ["-n", "1", "--max-worker-restart=0"]),
+}
+
+
+@pytest.mark.parametrize("kind", list(INTERRUPTING))
+def test_failed_only_resumes_every_kind_of_interrupted_source(
+    pytester: pytest.Pytester, show: Callable[..., RunDict], kind: str
+) -> None:
+    stop, args = INTERRUPTING[kind]
+    pytester.makepyfile(
+        test_stop=f"""
+        import os
+
+        def test_before(): pass
+
+        def test_stops():
+            if not os.path.exists("stopped-once"):
+                open("stopped-once", "w").close()
+                {stop}
+
+        def test_after(): pass
+        """
+    )
+    pytester.runpytest_subprocess(*args)
+    source = show(1)
+    assert outcomes(source)["test_stop.py::test_before"] == "passed"
+    assert outcomes(source)["test_stop.py::test_stops"] in ("failed", "error", "not_run")
+    result = pytester.runpytest("--retry-run=1", "--failed-only")
+    result.assert_outcomes(passed=2, deselected=1)
+    assert show(2)["selection"] == ["test_stop.py::test_stops", "test_stop.py::test_after"]
+
+
 def test_failed_only_resumes_a_killed_run(
     pytester: pytest.Pytester, show: Callable[..., RunDict], tmp_path: Path
 ) -> None:
