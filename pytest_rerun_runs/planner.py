@@ -91,6 +91,8 @@ def plan_retry(
             raise NothingToRetry(f"run {summary.id} has no failed tests to retry")
     else:
         tests = tuple(source.selection)
+        if not tests and not collectors:
+            raise NothingToRetry(f"run {summary.id} has no tests to retry")
     return RetryPlan(
         source_run_id=summary.id,
         root_run_id=summary.root_run_id,

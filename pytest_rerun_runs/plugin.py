@@ -204,6 +204,10 @@ def check_separate_path_option(config: pytest.Config, option: str) -> None:
             )
 
 
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def plugin_distributions(config: pytest.Config) -> list[str]:
     """``name-version`` of every installed distribution that provides a pytest plugin.
 
@@ -272,7 +276,7 @@ class RecordingPlugin:
     def _plan(self, value: str) -> RetryPlan:
         config = self.config
         file = config.invocation_params.dir / value
-        from_file = value != "last" and not value.isdigit() and file.is_file()
+        from_file = value != "last" and not _is_number(value) and file.is_file()
         try:
             if from_file:
                 source = self._import_source(value, file)
@@ -330,7 +334,7 @@ class RecordingPlugin:
             if run_id is None:
                 raise StoreError(f"{store.location} holds no finished run to retry")
             return store.get_run(run_id, RETRY_SOURCE_OUTCOMES)
-        run_id = int(value) if value.isdigit() else 0
+        run_id = int(value) if _is_number(value) else 0
         if run_id < 1:
             raise pytest.UsageError(
                 "--retry-run expects a run id (a positive number), 'last' or a run file"

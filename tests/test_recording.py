@@ -506,3 +506,15 @@ def test_results_view_spells_outcomes(pytester: pytest.Pytester, store_path: Pat
         assert rows.fetchall() == [("passed", "call"), ("failed", "call")]
     finally:
         connection.close()
+
+
+def test_duplicated_node_ids_each_get_their_result(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(test_d="def test_a(): pass\ndef test_b(): assert False\n")
+    result = pytester.runpytest("--keep-duplicates", "test_d.py", "test_d.py")
+    result.assert_outcomes(passed=2, failed=2)
+    run = show()
+    assert len(run["selection"]) == 4
+    assert [r["outcome"] for r in run["results"]] == ["passed", "failed", "passed", "failed"]
+    assert run["counts"]["not_run"] == 0

@@ -397,6 +397,17 @@ def test_note_when_the_source_was_at_another_commit(
     )
 
 
+def test_a_run_without_tests_has_nothing_to_retry(
+    pytester: pytest.Pytester, store_path: Path
+) -> None:
+    pytester.makepyfile("def helper(): pass\n")
+    pytester.runpytest()
+    result = pytester.runpytest("--retry-run=1")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    assert result.stdout.lines == ["run 1 has no tests to retry"]
+    assert count_runs(store_path) == 1
+
+
 def test_nothing_to_retry_exits_5_and_records_nothing(
     pytester: pytest.Pytester, store_path: Path
 ) -> None:
@@ -428,6 +439,11 @@ def count_runs(store_path: Path) -> int:
         (["--retry-run=abc"], BAD_ID.format(value="'abc'")),
         (["--retry-run=0"], BAD_ID.format(value="'0'")),
         (["--retry-run=7"], "--retry-run 7: run 7 not found in {store} (the newest is 1)"),
+        (["--retry-run=\u00b2"], BAD_ID.format(value="'\u00b2'")),
+        (
+            ["--retry-run=99999999999999999999"],
+            "--retry-run 99999999999999999999: run 99999999999999999999 not found in {store}",
+        ),
         (
             ["--failed-only"],
             "--failed-only needs --retry-run (hint: --retry-run last --failed-only)",

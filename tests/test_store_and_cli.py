@@ -413,6 +413,7 @@ def test_show_text(two_runs: Path) -> None:
         (["show", "9"], "run 9 not found in {store} (the newest is 2)"),
         (["show", "abc"], "run id must be a positive number or 'last', got 'abc'"),
         (["show", "0"], "run id must be a positive number or 'last', got '0'"),
+        (["show", "99999999999999999999"], "run 99999999999999999999 not found in {store}"),
         (["list", "--limit", "0"], "argument --limit: expected a positive whole number, got '0'"),
     ],
 )

@@ -157,6 +157,9 @@ MIGRATIONS: list[str] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
+#: SQLite's largest integer: a larger run id cannot exist.
+_MAX_ID = 2**63 - 1
+
 _OUTCOME_CODE: dict[str, int] = {outcome: code for code, outcome in enumerate(OUTCOMES)}
 _PHASE_CODE = {phase: code for code, phase in enumerate(PHASES)}
 
@@ -196,7 +199,8 @@ class SqliteStore:
         self.path = Path(path)
         self.location = str(self.path)
         # Per run being written by this process: node id -> selection position.
-        self._positions: dict[int, dict[str, int]] = {}
+        # A node id selected more than once (--keep-duplicates) has several positions.
+        self._positions: dict[int, dict[str, list[int]]] = {}
         self._next_extra: dict[int, int] = {}
         self._reported: dict[int, set[int]] = {}
         if not create and not self.path.exists():
@@ -319,9 +323,9 @@ class SqliteStore:
         return run_id
 
     def record_selection(self, run_id: int, selection: Selection) -> None:
-        positions: dict[str, int] = {}
+        positions: dict[str, list[int]] = {}
         for position, test in enumerate(selection.tests):
-            positions.setdefault(test.nodeid, position)
+            positions.setdefault(test.nodeid, []).append(position)
         self._positions[run_id] = positions
         self._next_extra[run_id] = len(selection.tests)
         with self.transaction() as connection:
@@ -342,9 +346,15 @@ class SqliteStore:
         reported = self._reported.setdefault(run_id, set())
         rows = []
         for result in results:
-            position = positions.get(result.nodeid)
-            extra = position is None or position in reported
-            if extra:
+            candidates = positions.get(result.nodeid)
+            if candidates is None:
+                position = None
+            elif len(candidates) == 1:
+                position = None if candidates[0] in reported else candidates[0]
+            else:
+                position = next((p for p in candidates if p not in reported), None)
+            extra = position is None
+            if position is None:
                 position = self._next_extra.get(run_id, 0)
                 self._next_extra[run_id] = position + 1
             assert position is not None
@@ -479,6 +489,8 @@ class SqliteStore:
         )
 
     def get_summary(self, run_id: int) -> RunSummary:
+        if not 0 < run_id <= _MAX_ID:
+            raise RunNotFound(f"run {run_id} not found in {self.location}")
         with self._errors("read"):
             row = self._connection.execute(
                 f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE id = ?", (run_id,)
@@ -645,7 +657,7 @@ class SqliteStore:
         with self._errors("read"):
             rows = self._connection.execute(
                 f"SELECT {_SUMMARY_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?",
-                (-1 if limit is None else limit,),
+                (-1 if limit is None else min(limit, _MAX_ID),),
             ).fetchall()
             return [self._summary(row) for row in rows]
 
