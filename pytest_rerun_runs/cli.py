@@ -23,11 +23,11 @@ from pytest_rerun_runs.analysis import (
     runs_to_prune,
 )
 from pytest_rerun_runs.store import (
-    OUTCOMES,
     Run,
     RunStore,
     RunSummary,
     StoreError,
+    counts_text,
     iso,
     open_store,
 )
@@ -231,11 +231,6 @@ def format_duration(seconds: float | None) -> str:
         return f"{seconds:.2f}s"
     minutes, rest = divmod(seconds, 60)
     return f"{int(minutes)}m{rest:04.1f}s"
-
-
-def counts_text(counts: dict[str, int]) -> str:
-    parts = [f"{counts[o]} {o.replace('_', ' ')}" for o in OUTCOMES if counts.get(o)]
-    return ", ".join(parts) or "no tests"
 
 
 def summary_dict(summary: RunSummary) -> dict[str, Any]:

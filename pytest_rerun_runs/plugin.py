@@ -39,6 +39,7 @@ from pytest_rerun_runs.store import (
     SelectedTest,
     Selection,
     StoreError,
+    counts_text,
     hostname,
     open_store,
 )
@@ -557,13 +558,9 @@ class RecordingPlugin:
         if run_id is None or self.recorder.disabled:
             return
         terminalreporter.write_line(
-            f"run {run_id} recorded: {self._counts_text()} in {self.display_location}"
+            f"run {run_id} recorded: {counts_text(self.recorder.counts())}"
+            f" in {self.display_location}"
         )
-
-    def _counts_text(self) -> str:
-        counts = self.recorder.counts()
-        parts = [f"{number} {name.replace('_', ' ')}" for name, number in counts.items() if number]
-        return ", ".join(parts) or "no tests"
 
 
 class RetryPlugin:

@@ -193,6 +193,12 @@ def empty_counts() -> Counts:
     return dict.fromkeys(OUTCOMES, 0)
 
 
+def counts_text(counts: Counts) -> str:
+    """``118 passed, 2 failed``: the non-zero counts in outcome order."""
+    parts = [f"{counts[o]} {o.replace('_', ' ')}" for o in OUTCOMES if counts.get(o)]
+    return ", ".join(parts) or "no tests"
+
+
 def count_outcomes(results: Iterable[Result]) -> Counts:
     counts = empty_counts()
     for result in results:
