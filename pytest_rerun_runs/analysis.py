@@ -8,9 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_rerun_runs.store import Run, RunSummary
-
-BAD_OUTCOMES = frozenset({"failed", "error"})
+from pytest_rerun_runs.store import FAILING_OUTCOMES, Run, RunSummary
 
 #: Options of ours that a replayed retry sets itself: (option, takes a value).
 RETRY_OWNED_OPTIONS = {
@@ -89,7 +87,7 @@ def diff_runs(before: Run, after: Run) -> dict[str, list[str]]:
         previous = old.get(nodeid)
         if previous is None:
             continue
-        was_bad, is_bad = previous in BAD_OUTCOMES, outcome in BAD_OUTCOMES
+        was_bad, is_bad = previous in FAILING_OUTCOMES, outcome in FAILING_OUTCOMES
         if is_bad and was_bad:
             diff["still_failing"].append(nodeid)
         elif is_bad and previous == "passed":
@@ -146,7 +144,7 @@ def find_flaky(runs: Iterable[Run], sources: dict[int, Run] | None = None) -> li
     for run in runs:
         commit = run.summary.invocation.git.commit
         for nodeid, outcome in final_outcomes(run).items():
-            if outcome in BAD_OUTCOMES:
+            if outcome in FAILING_OUTCOMES:
                 outcomes[(nodeid, commit)]["bad"].append(run.id)
             elif outcome == "passed":
                 outcomes[(nodeid, commit)]["passed"].append(run.id)
@@ -155,7 +153,7 @@ def find_flaky(runs: Iterable[Run], sources: dict[int, Run] | None = None) -> li
             continue
         before = final_outcomes(source)
         for nodeid, outcome in final_outcomes(run).items():
-            if outcome == "passed" and before.get(nodeid) in BAD_OUTCOMES:
+            if outcome == "passed" and before.get(nodeid) in FAILING_OUTCOMES:
                 entry(nodeid, commit).passed_on_retry.append((source.id, run.id))
     for (nodeid, commit), seen in outcomes.items():
         if seen["bad"] and seen["passed"]:

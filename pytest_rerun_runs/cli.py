@@ -22,15 +22,24 @@ from pytest_rerun_runs.analysis import (
     replayable_args,
     runs_to_prune,
 )
+from pytest_rerun_runs.retry_source import (
+    RunReference,
+    resolve_run_id,
+    run_reference_argument,
+)
 from pytest_rerun_runs.store import (
+    RETRY_OUTCOMES,
+    InputsNotRetained,
     Run,
+    RunsError,
     RunStore,
     RunSummary,
-    StoreError,
     counts_text,
     iso,
     open_store,
+    redact_url,
 )
+from pytest_rerun_runs.text import summarize
 
 USAGE_ERROR = 4
 
@@ -80,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"run store (default: ${locate.ENV_VAR}, the '{locate.INI_NAME}' ini option, or"
         " <rootdir>/.pytest_runs/runs.db as pytest would find it from here)"
     )
-    parser.add_argument("--store", metavar="PATH", help=store_help)
+    parser.add_argument("--store", metavar="PATH|URL", help=store_help)
     common = _Parser(add_help=False)
-    common.add_argument("--store", metavar="PATH", default=argparse.SUPPRESS, help=store_help)
+    common.add_argument("--store", metavar="PATH|URL", default=argparse.SUPPRESS, help=store_help)
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
@@ -105,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(handler=cmd_list)
 
     sub = command("show", "show one run with its results", ("text", "json"))
-    sub.add_argument("run", metavar="ID|last")
+    sub.add_argument("run", metavar="ID|last", type=run_reference_argument)
     sub.set_defaults(handler=cmd_show)
 
     sub = command(
@@ -113,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run pytest again with a run's recorded arguments, as a new run (--retry-run)",
         ("text", "json"),
     )
-    sub.add_argument("run", metavar="ID|last")
+    sub.add_argument("run", metavar="ID|last", type=run_reference_argument)
     sub.add_argument("--failed-only", action="store_true", help="only what failed or never ran")
     sub.add_argument("--reason", metavar="TEXT", help="stored on the new run(s)")
     sub.add_argument(
@@ -127,14 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(handler=cmd_retry)
 
     sub = command("lineage", "the tree of a root run and all its retries", ("text", "json"))
-    sub.add_argument("run", metavar="ID|last")
+    sub.add_argument("run", metavar="ID|last", type=run_reference_argument)
     sub.set_defaults(handler=cmd_lineage)
 
     sub = command(
         "diff", "tests that broke, were fixed, still fail, appeared, disappeared", ("text", "json")
     )
-    sub.add_argument("before", metavar="A")
-    sub.add_argument("after", metavar="B")
+    sub.add_argument("before", metavar="A", type=run_reference_argument)
+    sub.add_argument("after", metavar="B", type=run_reference_argument)
     sub.set_defaults(handler=cmd_diff)
 
     sub = command("flaky", "tests that failed and passed at one commit", ("table", "json"))
@@ -142,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(handler=cmd_flaky)
 
     sub = command("export", "write a run as JSON, YAML or JUnit XML")
-    sub.add_argument("run", metavar="ID|last")
+    sub.add_argument("run", metavar="ID|last", type=run_reference_argument)
     sub.add_argument("--format", choices=("json", "yaml", "junit"), required=True)
     sub.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     sub.add_argument(
@@ -195,20 +204,9 @@ def open_existing_store(option: str | None) -> RunStore:
     return open_store(store_location(option), create=False)
 
 
-def parse_run_id(text: str, store: RunStore) -> int:
-    """A run id from ``ID`` or ``last`` (the newest run that is not running)."""
-    if text == "last":
-        run_id = store.latest_run_id(finished=True)
-        if run_id is None:
-            raise CommandError(f"{store.location} holds no finished run")
-        return run_id
-    try:
-        run_id = int(text)
-    except ValueError:
-        raise CommandError(f"run id must be a positive number or 'last', got {text!r}") from None
-    if run_id < 1:
-        raise CommandError(f"run id must be a positive number or 'last', got {text!r}")
-    return run_id
+def parse_run_id(reference: RunReference, store: RunStore) -> int:
+    """The run id ``reference`` names in ``store``."""
+    return resolve_run_id(store, reference)
 
 
 class Style:
@@ -294,7 +292,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def load_run(store_option: str | None, run: str) -> tuple[Run, str]:
+def load_run(store_option: str | None, run: RunReference) -> tuple[Run, str]:
     """The run named by ``ID``/``last`` and the location of its store."""
     store = open_existing_store(store_option)
     try:
@@ -354,7 +352,7 @@ def _replayable_source(store: RunStore, run_id: int) -> RunSummary:
     summary = store.get_summary(run_id)
     inv = summary.invocation
     if summary.pruned_at is not None:
-        raise CommandError(f"run {run_id}'s results are no longer retained (pruned)")
+        raise InputsNotRetained(run_id)
     if inv.args is None:
         raise CommandError(
             f"run {run_id} has no recorded arguments to replay (exported without them);"
@@ -386,7 +384,7 @@ def cmd_retry(args: argparse.Namespace, out: TextIO) -> int:
         store.close()
     inv = source.invocation
     assert inv.args is not None
-    base = [*replayable_args(inv.args), f"--runs-store={store.location}"]
+    base = [*replayable_args(inv.args), f"--runs-store={store_location(args.store)}"]
     attempts: list[tuple[RunSummary, int]] = []
     current, failed_only, code = source_id, args.failed_only, 0
     for _ in range(args.attempts):
@@ -398,7 +396,7 @@ def cmd_retry(args: argparse.Namespace, out: TextIO) -> int:
         command.extend(args.pytest_args)
         # With --format json, stdout carries only the summary: pytest talks to stderr.
         talk = sys.stderr if args.format == "json" else out
-        talk.write(f"$ cd {inv.invocation_dir} && {' '.join(command[1:])}\n")
+        talk.write(redact_url(f"$ cd {inv.invocation_dir} && {' '.join(command[1:])}\n"))
         talk.flush()
         store = open_existing_store(args.store)
         try:
@@ -456,7 +454,7 @@ def _attempts_report(
         runs = [store.get_run(summary.id) for summary, _ in attempts]
     finally:
         store.close()
-    bad = {"failed", "error", "not_run"}
+    bad = RETRY_OUTCOMES
     pending = [r.nodeid for r in source.results if r.outcome in bad]
     report: list[dict[str, Any]] = []
     for run, (_, exit_status) in zip(runs, attempts, strict=True):
@@ -546,7 +544,7 @@ def cmd_flaky(args: argparse.Namespace, out: TextIO) -> int:
     rows = [["TEST", "FAILED", "PASSED", "RETRY PASSES", "COMMIT", "EVIDENCE"]]
     for f in flaky:
         evidence = ", ".join(f"{a}->{b}" for a, b in f.passed_on_retry) or (
-            f"failed in {_ids(f.failed_in)}; passed in {_ids(f.passed_in)}"
+            f"failed in {summarize(f.failed_in, 6)}; passed in {summarize(f.passed_in, 6)}"
         )
         rows.append(
             [
@@ -562,17 +560,12 @@ def cmd_flaky(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _ids(ids: Sequence[int], limit: int = 6) -> str:
-    shown = ", ".join(str(i) for i in ids[:limit])
-    return shown + (f" (+{len(ids) - limit})" if len(ids) > limit else "")
-
-
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     from pytest_rerun_runs import exchange
 
     run, location = load_run(args.store, args.run)
     if run.summary.pruned_at is not None and args.format != "junit":
-        raise CommandError(f"run {run.id}'s results are no longer retained (pruned)")
+        raise InputsNotRetained(run.id)
     if args.format == "junit":
         text = exchange.junit_xml(run)
     else:
@@ -596,12 +589,17 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     except exchange.RunFileError as exc:
         raise CommandError(str(exc)) from None
     store = open_store(store_location(args.store))
+    known = run.summary.uid is not None and store.find_run(run.summary.uid) is not None
     try:
         new_id = exchange.import_run(store, run, export, Path(args.file))
     finally:
         store.close()
     if args.format == "json":
-        write_json({"id": new_id, "original_id": run.id, "store": store.location}, out)
+        write_json(
+            {"id": new_id, "original_id": run.id, "store": store.location, "new": not known}, out
+        )
+    elif known:
+        out.write(f"run {run.id} is already in {store.location} as run {new_id}\n")
     else:
         out.write(f"imported run {run.id} as run {new_id} in {store.location}\n")
     return 0
@@ -637,7 +635,7 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
         )
         return 0
     verb = "would prune" if args.dry_run else "pruned"
-    out.write(f"{verb} {len(ids)} runs{': ' + _ids(ids, 20) if ids else ''}\n")
+    out.write(f"{verb} {len(ids)} runs{': ' + summarize(ids, 20) if ids else ''}\n")
     if not args.dry_run and ids:
         out.write(f"store {store.location}: {size_before:,} -> {size_after:,} bytes\n")
     return 0
@@ -659,8 +657,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     handler: Callable[[argparse.Namespace, TextIO], int] = args.handler
     try:
         return handler(args, out)
-    except (CommandError, StoreError) as exc:
-        sys.stderr.write(f"pytest-runs: error: {exc}\n")
+    except (CommandError, RunsError) as exc:
+        sys.stderr.write(f"pytest-runs: error: {redact_url(str(exc))}\n")
         return USAGE_ERROR
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from pytest_rerun_runs.store import Run, RunStore, iso
+from pytest_rerun_runs.store import InvalidRunFile, Run, RunStore, iso
 
 EXPORT_FORMAT_VERSION = 1
 
 
-class RunFileError(Exception):
+class RunFileError(InvalidRunFile):
     """The file is not a readable run export."""
 
 
@@ -72,7 +72,8 @@ def load_run_file(path: Path) -> tuple[Run, dict[str, Any]]:
 
 
 def import_run(store: RunStore, run: Run, export: dict[str, Any], file: Path) -> int:
-    """Store ``run`` (read from ``file``) under a new id, keeping its provenance."""
+    """Store ``run`` (read from ``file``), keeping its provenance; the run's uid
+    makes a second import of the same run return the first one's id."""
     s = run.summary
     origin = {
         "run_id": s.id,

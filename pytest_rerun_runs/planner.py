@@ -10,28 +10,25 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pytest_rerun_runs.store import RetryMode, Run, SelectedTest
+from pytest_rerun_runs.store import (
+    RETRY_OUTCOMES,
+    InputsNotRetained,
+    NothingToRetry,
+    RetryMode,
+    Run,
+    RunInProgress,
+    SelectedTest,
+)
 
 RetryOrder = Literal["recorded", "collected"]
-
-#: Outcomes that ``--failed-only`` retries. ``not_run`` tests exist only when the
-#: source stopped early (Ctrl-C, -x, --maxfail, a killed process, a crashed
-#: worker): retrying them resumes from the failure point.
-RETRY_OUTCOMES = frozenset({"failed", "error", "not_run"})
-#: The results a plan reads from its source (collection errors are ``error``).
-RETRY_SOURCE_OUTCOMES = RETRY_OUTCOMES
-
-
-class RetryRefused(Exception):
-    """The source cannot be retried as asked (a usage error)."""
-
-
-class NothingToRetry(Exception):
-    """``--failed-only`` on a finished run without failures."""
+RETRY_ORDERS: tuple[RetryOrder, ...] = ("recorded", "collected")
 
 
 @dataclass(frozen=True)
 class RetryPlan:
+    """What a retry runs; the same object on the controller and, through
+    :meth:`to_dict`/:meth:`from_dict`, on every xdist worker."""
+
     source_run_id: int
     root_run_id: int
     attempt: int
@@ -51,13 +48,37 @@ class RetryPlan:
         """Files (relative to the rootdir) holding planned tests, in plan order."""
         return list(dict.fromkeys(t.file for t in (*self.tests, *self.collectors)))
 
-    def to_workerinput(self) -> dict[str, Any]:
-        """The plan as plain data for xdist workers."""
+    @property
+    def size(self) -> int:
+        return len(self.tests) + len(self.collectors)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain data (xdist's workerinput, a queued run)."""
         return {
+            "source_run_id": self.source_run_id,
+            "root_run_id": self.root_run_id,
+            "attempt": self.attempt,
+            "mode": self.mode,
+            "reason": self.reason,
+            "order": self.order,
             "tests": [list(t) for t in self.tests],
             "collectors": [list(c) for c in self.collectors],
-            "order": self.order,
+            "source_size": self.source_size,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RetryPlan:
+        return cls(
+            source_run_id=int(data["source_run_id"]),
+            root_run_id=int(data["root_run_id"]),
+            attempt=int(data["attempt"]),
+            mode=data["mode"],
+            reason=data["reason"],
+            order=data["order"],
+            tests=tuple(SelectedTest(str(n), str(f)) for n, f in data["tests"]),
+            collectors=tuple(SelectedTest(str(n), str(f)) for n, f in data["collectors"]),
+            source_size=int(data["source_size"]),
+        )
 
 
 def plan_retry(
@@ -71,12 +92,15 @@ def plan_retry(
     tests that failed, errored or never ran, plus its collection errors."""
     summary = source.summary
     if summary.pruned_at is not None:
-        raise RetryRefused(f"run {summary.id}'s results are no longer retained (pruned)")
-    if failed_only and summary.status == "running":
+        raise InputsNotRetained(summary.id)
+    if failed_only and summary.status in ("running", "queued"):
         inv = summary.invocation
-        raise RetryRefused(
+        raise RunInProgress(
             f"run {summary.id} is still running (host {inv.host}, pid {inv.pid}); wait for it"
-            " to finish, or retry its whole selection without --failed-only"
+            " to finish, or retry its whole selection",
+            run_id=summary.id,
+            host=inv.host,
+            pid=inv.pid,
         )
     selected = {test.nodeid for test in source.selection}
     collectors = tuple(
@@ -88,11 +112,13 @@ def plan_retry(
         failing = {r.nodeid for r in source.results if r.outcome in RETRY_OUTCOMES}
         tests = tuple(t for t in source.selection if t.nodeid in failing)
         if not tests and not collectors:
-            raise NothingToRetry(f"run {summary.id} has no failed tests to retry")
+            raise NothingToRetry(
+                f"run {summary.id} has no failed tests to retry", run_id=summary.id
+            )
     else:
         tests = tuple(source.selection)
         if not tests and not collectors:
-            raise NothingToRetry(f"run {summary.id} has no tests to retry")
+            raise NothingToRetry(f"run {summary.id} has no tests to retry", run_id=summary.id)
     return RetryPlan(
         source_run_id=summary.id,
         root_run_id=summary.root_run_id,
@@ -142,10 +168,3 @@ def retry_mode(plan: RetryPlan, selected: set[str], missing: Sequence[str]) -> R
     gone = set(missing)
     narrowed = any(t.nodeid not in selected and t.nodeid not in gone for t in plan.tests)
     return "subset" if narrowed else plan.mode
-
-
-def summarize_ids(nodeids: Sequence[str], limit: int = 5) -> str:
-    """The first few node ids and a count of the rest."""
-    shown = ", ".join(nodeids[:limit])
-    rest = len(nodeids) - limit
-    return f"{shown} (+{rest} more)" if rest > 0 else shown

@@ -21,7 +21,6 @@ from pytest_rerun_runs.store import (
     RunFinish,
     RunStore,
     Selection,
-    StoreError,
     empty_counts,
 )
 
@@ -64,9 +63,11 @@ class _TestProgress:
 
 
 class Recorder:
-    """Records one run: creation, selection, batched results, finish.
+    """Records one run: creation with its selection, batched results, finish.
 
-    Any store failure disables recording for the rest of the session and is
+    Each result gets its position in the selection here, so every write is
+    idempotent whatever the backend. Any failure of the store (or of our own
+    code around it) disables recording for the rest of the session and is
     reported once through ``warn``; it never reaches pytest.
     """
 
@@ -89,14 +90,27 @@ class Recorder:
         self._progress: dict[str, _TestProgress] = {}
         self._pending: list[Result] = []
         self._last_flush = self._clock()
-        self._selected: set[str] = set()
+        #: node id -> its positions in the selection (several with --keep-duplicates).
+        self._positions: dict[str, list[int]] = {}
+        self._placed: set[int] = set()
+        self._next_extra = 0
         self._selection_size = 0
-        self._selected_reported = 0
         self._counts = empty_counts()
 
     @property
     def started(self) -> bool:
         return self.run_id is not None
+
+    def _position(self, nodeid: str) -> int:
+        """The first free selection position of ``nodeid``, or the next one after
+        the selection for a result outside it."""
+        for position in self._positions.get(nodeid, ()):
+            if position not in self._placed:
+                self._placed.add(position)
+                return position
+        position = self._next_extra
+        self._next_extra += 1
+        return position
 
     def _fail(self, exc: Exception) -> None:
         self.disabled = True
@@ -109,18 +123,24 @@ class Recorder:
                 pass
             self.store = None
 
-    def start(self, new_run: NewRun, selection: Selection) -> int | None:
-        """Create the run and record its selection; ``None`` if the store failed."""
+    def start(self, new_run: Callable[[RunStore], NewRun], selection: Selection) -> int | None:
+        """Create the run with its selection; ``None`` if the store failed.
+
+        ``new_run`` describes the run, given the open store (a retry of a run
+        file imports its source there first).
+        """
         if self.disabled:
             return None
-        self._selected = {test.nodeid for test in selection.tests}
-        self._selection_size = len(selection.tests)
-        self._selected_reported = sum(1 for r in self._pending if r.nodeid in self._selected)
+        positions: dict[str, list[int]] = {}
+        for position, test in enumerate(selection.tests):
+            positions.setdefault(test.nodeid, []).append(position)
+        self._positions = positions
+        self._selection_size = self._next_extra = len(selection.tests)
+        self._pending = [r._replace(position=self._position(r.nodeid)) for r in self._pending]
         try:
             self.store = self._open_store()
-            self.run_id = self.store.create_run(new_run)
-            self.store.record_selection(self.run_id, selection)
-        except StoreError as exc:
+            self.run_id = self.store.create_run(new_run(self.store), selection)
+        except Exception as exc:
             self._fail(exc)
             return None
         self._last_flush = self._clock()
@@ -181,6 +201,8 @@ class Recorder:
                 return
             del self._progress[nodeid]
             longrepr = progress.longrepr
+            if self.disabled:
+                return
             self._add(
                 Result(
                     nodeid,
@@ -192,6 +214,8 @@ class Recorder:
                     report.__dict__.get("worker_id"),
                     None if longrepr is None else cap_longrepr(longrepr),
                     progress.rerun_attempts,
+                    None,
+                    self._position(nodeid) if self.run_id is not None else -1,
                 )
             )
 
@@ -211,6 +235,7 @@ class Recorder:
                 when="collect",
                 longrepr=cap_longrepr(text),
                 file=report.nodeid.split("::")[0],
+                position=self._position(report.nodeid) if self.run_id is not None else -1,
             )
         )
 
@@ -220,8 +245,6 @@ class Recorder:
         self._counts[result.outcome] += 1
         if self._on_result is not None:
             self._on_result(result)
-        if result.nodeid in self._selected:
-            self._selected_reported += 1
         self._pending.append(result)
         if self.run_id is not None and self._clock() - self._last_flush >= self._flush_interval:
             self.flush()
@@ -229,7 +252,7 @@ class Recorder:
     def counts(self) -> Counts:
         """Outcomes so far, with ``not_run`` for selected tests that did not report."""
         counts = dict(self._counts)
-        counts["not_run"] += max(self._selection_size - self._selected_reported, 0)
+        counts["not_run"] += self._selection_size - len(self._placed)
         return counts
 
     @property
@@ -242,7 +265,7 @@ class Recorder:
         batch, self._pending = self._pending, []
         try:
             self.store.append_results(self.run_id, batch)
-        except StoreError as exc:
+        except Exception as exc:
             self._fail(exc)
         self._last_flush = self._clock()
 
@@ -252,7 +275,7 @@ class Recorder:
         batch, self._pending = self._pending, []
         try:
             self.store.finish_run(self.run_id, finish, batch)
-        except StoreError as exc:
+        except Exception as exc:
             self._fail(exc)
             return
         self.close()

@@ -15,7 +15,7 @@ import pytest
 from pytest_rerun_runs import cli
 from pytest_rerun_runs.invocation import CI_PROVIDERS
 from pytest_rerun_runs.locate import ENV_VAR
-from pytest_rerun_runs.store import Invocation
+from pytest_rerun_runs.store import Invocation, NewRun, new_uid
 
 RunDict = dict[str, Any]
 
@@ -112,3 +112,16 @@ def make_invocation(pid: int = 1, host: str = "host") -> Invocation:
         host=host,
         pid=pid,
     )
+
+
+def make_new_run(
+    pid: int = 1, host: str = "host", created_at: float = 1.0, **fields: Any
+) -> NewRun:
+    """A new run with a fresh uid (``fields`` override the rest)."""
+    values: dict[str, Any] = {
+        "uid": new_uid(),
+        "invocation": make_invocation(pid=pid, host=host),
+        "created_at": created_at,
+        "started_at": created_at,
+    }
+    return NewRun(**{**values, **fields})

@@ -330,7 +330,10 @@ def test_round_trip_export_import_retry_on_another_store(
     result = pytester.runpytest(f"--runs-store={other}", f"--retry-run={exported}", "--failed-only")
     result.assert_outcomes(failed=1, errors=1, deselected=2)
     result.stdout.fnmatch_lines(
-        ["rerun-runs: retrying run 1 (failed-only): 2 of 4 tests, attempt 2"]
+        [
+            "rerun-runs: retrying run 1 of run-1.json, imported as run 1 (failed-only):"
+            " 2 of 4 tests, attempt 2"
+        ]
     )
     imported = json.loads(cli_ok("--store", str(other), "show", "1", "--format", "json"))
     original = json.loads(cli_ok("--store", str(mixed), "show", "1", "--format", "json"))
@@ -343,15 +346,27 @@ def test_round_trip_export_import_retry_on_another_store(
 
 def test_import_gives_a_new_id_and_keeps_provenance(mixed: Path, tmp_path: Path) -> None:
     exported = tmp_path / "run.yaml"
+    other = tmp_path / "other.db"
     cli_ok("--store", str(mixed), "export", "1", "--format", "yaml", "-o", str(exported))
-    out = cli_ok("--store", str(mixed), "import", str(exported))
-    assert out == f"imported run 1 as run 2 in {mixed}\n"
-    again = json.loads(cli_ok("--store", str(mixed), "show", "2", "--format", "json"))
+    cli_ok("--store", str(mixed), "export", "1", "--format", "json", "-o", str(tmp_path / "j"))
+    cli_ok("--store", str(other), "import", str(tmp_path / "j"))
+    out = cli_ok("--store", str(other), "import", str(exported))
+    assert out == f"run 1 is already in {other} as run 1\n"
+    again = json.loads(cli_ok("--store", str(other), "show", "1", "--format", "json"))
+    original = json.loads(cli_ok("--store", str(mixed), "show", "1", "--format", "json"))
     assert again["origin"]["run_id"] == 1
-    assert (
-        again["counts"]
-        == json.loads(cli_ok("--store", str(mixed), "show", "1", "--format", "json"))["counts"]
-    )
+    assert again["uid"] == original["uid"]
+    assert again["counts"] == original["counts"]
+    assert len(json.loads(cli_ok("--store", str(other), "list", "--format", "json"))) == 1
+
+
+def test_importing_a_run_into_its_own_store_changes_nothing(mixed: Path, tmp_path: Path) -> None:
+    exported = tmp_path / "run.json"
+    cli_ok("--store", str(mixed), "export", "1", "--format", "json", "-o", str(exported))
+    before = mixed.read_bytes()
+    out = cli_ok("--store", str(mixed), "import", str(exported))
+    assert out == f"run 1 is already in {mixed} as run 1\n"
+    assert mixed.read_bytes() == before
 
 
 @pytest.mark.parametrize("content", ["not json or yaml: [", '{"id": 1}', "- a list\n"])
@@ -416,7 +431,7 @@ def test_prune_keeps_summaries_and_lineage(
     result = pytester.runpytest("--retry-run=1", "--failed-only")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["ERROR: --retry-run 1: run 1's results are no longer retained (pruned)"]
+        ["ERROR: --retry-run 1: run 1's selection and results are no longer retained (pruned)"]
     )
     capsys.readouterr()
     code, _ = run_cli("--store", str(three_runs), "retry", "1")

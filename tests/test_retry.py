@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_rerun_runs.store import NewRun, hostname, open_store
-from tests.conftest import RunDict, kill_at_gate, make_invocation, outcomes
+from pytest_rerun_runs.store import Selection, hostname, open_store
+from tests.conftest import RunDict, kill_at_gate, make_new_run, outcomes
 
 SUITE = {
     "test_a": """
@@ -420,7 +420,7 @@ def test_nothing_to_retry_exits_5_and_records_nothing(
 
 
 BAD_ID = (
-    "--retry-run expects a run id (a positive number), 'last' or a run file written by"
+    "--retry-run {raw}: expected a run id (a positive number), 'last' or a run file written by"
     " 'pytest-runs export', got {value}"
 )
 
@@ -436,13 +436,15 @@ def count_runs(store_path: Path) -> int:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--retry-run=abc"], BAD_ID.format(value="'abc'")),
-        (["--retry-run=0"], BAD_ID.format(value="'0'")),
+        (["--retry-run=abc"], BAD_ID.format(raw="abc", value="'abc'")),
+        (["--retry-run=0"], BAD_ID.format(raw="0", value="'0'")),
         (["--retry-run=7"], "--retry-run 7: run 7 not found in {store} (the newest is 1)"),
-        (["--retry-run=\u00b2"], BAD_ID.format(value="'\u00b2'")),
+        (["--retry-run=\u00b2"], BAD_ID.format(raw="\u00b2", value="'\u00b2'")),
+        (["--retry-run=\u0661"], BAD_ID.format(raw="\u0661", value="'\u0661'")),
+        (["--retry-run=1_0"], BAD_ID.format(raw="1_0", value="'1_0'")),
         (
             ["--retry-run=99999999999999999999"],
-            "--retry-run 99999999999999999999: run 99999999999999999999 not found in {store}",
+            BAD_ID.format(raw="99999999999999999999", value="'99999999999999999999'"),
         ),
         (
             ["--failed-only"],
@@ -480,14 +482,16 @@ def test_failed_only_of_a_running_run_names_host_and_pid(
     pytester.runpytest()
     store = open_store(str(store_path))
     try:
-        invocation = make_invocation(pid=os.getpid(), host=hostname())
-        running = store.create_run(NewRun(invocation=invocation, created_at=1.0, started_at=1.0))
+        running = store.create_run(make_new_run(pid=os.getpid(), host=hostname()), Selection([]))
     finally:
         store.close()
     result = pytester.runpytest(f"--retry-run={running}", "--failed-only")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        [f"ERROR: --retry-run 2: run 2 is still running (host {hostname()}, pid {os.getpid()}); *"]
+        [
+            f"ERROR: --retry-run 2: run 2 is still running (host {hostname()},"
+            f" pid {os.getpid()}); wait for it to finish, or retry its whole selection"
+        ]
     )
 
 

@@ -22,7 +22,7 @@ from pytest_rerun_runs.store import (
     hostname,
     open_store,
 )
-from tests.conftest import RunDict, make_invocation, run_cli
+from tests.conftest import RunDict, make_new_run, run_cli
 
 # -- where the store is -------------------------------------------------------
 
@@ -81,21 +81,20 @@ def test_store_round_trip(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "runs.db"))
     try:
         run_id = store.create_run(
-            NewRun(invocation=make_invocation(), created_at=1.0, started_at=2.0, label="l")
-        )
-        store.record_selection(
-            run_id,
+            make_new_run(created_at=1.0, started_at=2.0, label="l"),
             Selection(
                 tests=[SelectedTest("a.py::t1", "a.py"), SelectedTest("a.py::t2", "a.py")],
                 deselected=3,
             ),
         )
-        store.append_results(run_id, [Result("a.py::t1", "failed", "call", call_duration=0.5)])
+        store.append_results(
+            run_id, [Result("a.py::t1", "failed", "call", call_duration=0.5, position=0)]
+        )
         assert store.get_summary(run_id).status == "running"
         store.finish_run(
             run_id,
             RunFinish(exit_status=1, finished_at=4.0),
-            [Result("broken.py", "error", "collect", longrepr="boom")],
+            [Result("broken.py", "error", "collect", longrepr="boom", position=2)],
         )
         run = store.get_run(run_id)
     finally:
@@ -133,17 +132,10 @@ def test_run_of_a_vanished_process_reads_interrupted(tmp_path: Path) -> None:
     dead_pid = int(gone.stdout)
     store = open_store(str(tmp_path / "runs.db"))
     try:
-        invocation = make_invocation(pid=dead_pid, host=hostname())
-        run_id = store.create_run(NewRun(invocation=invocation, created_at=1.0, started_at=1.0))
+        run_id = store.create_run(make_new_run(pid=dead_pid, host=hostname()), Selection([]))
         assert store.get_summary(run_id).status == "interrupted"
         assert store.latest_run_id(finished=True) == run_id
-        elsewhere = store.create_run(
-            NewRun(
-                invocation=make_invocation(pid=dead_pid, host="other-host"),
-                created_at=1.0,
-                started_at=1.0,
-            )
-        )
+        elsewhere = store.create_run(make_new_run(pid=dead_pid, host="other-host"), Selection([]))
         assert store.get_summary(elsewhere).status == "running"
         assert store.latest_run_id(finished=True) == run_id
     finally:
@@ -162,11 +154,8 @@ class CountingStore:
         self.batches: list[int] = []
         self.finished: list[int] = []
 
-    def create_run(self, new_run: NewRun) -> int:
+    def create_run(self, new_run: NewRun, selection: Selection) -> int:
         return 1
-
-    def record_selection(self, run_id: int, selection: Selection) -> None:
-        pass
 
     def append_results(self, run_id: int, results: Sequence[Result]) -> None:
         self.batches.append(len(results))
@@ -187,7 +176,7 @@ def test_results_are_written_in_batches_by_time() -> None:
     now = [0.0]
     recorder = Recorder(lambda: store, lambda message: None, clock=lambda: now[0])  # type: ignore[arg-type,return-value]
     tests = [SelectedTest(f"f.py::t{i}", "f.py") for i in range(1000)]
-    recorder.start(NewRun(make_invocation(), 0.0, 0.0), Selection(tests))
+    recorder.start(lambda store: make_new_run(), Selection(tests))
     for test in tests:
         now[0] += 1 / 256  # 256 tests a second, exactly representable
         for when in ("setup", "call", "teardown"):
@@ -347,6 +336,7 @@ def test_show_json_contract(two_runs: Path) -> None:
     run = json.loads(out)
     assert list(run) == [
         "id",
+        "uid",
         "status",
         "exit_status",
         "created_at",
@@ -411,9 +401,15 @@ def test_show_text(two_runs: Path) -> None:
     ("args", "message"),
     [
         (["show", "9"], "run 9 not found in {store} (the newest is 2)"),
-        (["show", "abc"], "run id must be a positive number or 'last', got 'abc'"),
-        (["show", "0"], "run id must be a positive number or 'last', got '0'"),
-        (["show", "99999999999999999999"], "run 99999999999999999999 not found in {store}"),
+        (["show", "abc"], "expected a run id (a positive number), 'last', got 'abc'"),
+        (["show", "0"], "expected a run id (a positive number), 'last', got '0'"),
+        (["show", "\u0661"], "expected a run id (a positive number), 'last', got '\u0661'"),
+        (["show", "\uff11"], "expected a run id (a positive number), 'last', got '\uff11'"),
+        (["show", "1_0"], "expected a run id (a positive number), 'last', got '1_0'"),
+        (
+            ["show", "99999999999999999999"],
+            "expected a run id (a positive number), 'last', got '99999999999999999999'",
+        ),
         (["list", "--limit", "0"], "argument --limit: expected a positive whole number, got '0'"),
     ],
 )

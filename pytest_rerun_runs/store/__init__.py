@@ -1,413 +1,170 @@
-"""The store interface: data classes, errors and ``open_store``.
+"""The store contract: one :class:`RunStore` protocol every backend honours,
+and :func:`open_store`, the one place that picks a backend by URL.
 
-Every reader and writer of run history (the plugin, the CLI, later the HTTP
-client and the server) goes through :class:`RunStore`. Backends live beside
-this module (``sqlite.py`` today) and are chosen by :func:`open_store`.
+Every reader and writer of run history (the plugin, the CLI, the server)
+goes through :class:`RunStore`. Backends live beside this module, one per
+module; the data classes are in ``model.py`` and the errors in ``errors.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Protocol
+import importlib
+import re
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
 
-Outcome = Literal["passed", "failed", "error", "skipped", "xfailed", "xpassed", "not_run"]
-OUTCOMES: tuple[Outcome, ...] = (
-    "passed",
-    "failed",
-    "error",
-    "skipped",
-    "xfailed",
-    "xpassed",
-    "not_run",
+from pytest_rerun_runs.store.errors import (
+    AlreadyClaimed,
+    ConflictingSelection,
+    InputsNotRetained,
+    InvalidResult,
+    InvalidRunFile,
+    InvalidRunReference,
+    NothingToRetry,
+    NotQueued,
+    RunFinished,
+    RunInProgress,
+    RunNotFound,
+    RunsError,
+    StoreError,
+    StoreNotFound,
+    StoreTooNew,
+    UnsupportedStore,
 )
-#: ``crash`` is an xdist worker that died while running the test.
-Phase = Literal["setup", "call", "teardown", "collect", "crash", "none"]
-PHASES: tuple[Phase, ...] = ("setup", "call", "teardown", "collect", "crash", "none")
-
-RunStatus = Literal["running", "passed", "failed", "interrupted", "error", "no_tests"]
-RUN_STATUSES: tuple[RunStatus, ...] = (
-    "running",
-    "passed",
-    "failed",
-    "interrupted",
-    "error",
-    "no_tests",
+from pytest_rerun_runs.store.model import (
+    DEFAULT_STALE_AFTER,
+    FAILING_OUTCOMES,
+    LONGREPR_LIMIT,
+    OPEN_STATUSES,
+    OUTCOMES,
+    PHASES,
+    RETRY_OUTCOMES,
+    RUN_STATUSES,
+    Counts,
+    GitInfo,
+    Invocation,
+    NewRun,
+    Outcome,
+    Phase,
+    Result,
+    RetryMode,
+    Run,
+    RunFinish,
+    RunStatus,
+    RunSummary,
+    SelectedTest,
+    Selection,
+    count_outcomes,
+    counts_from_groups,
+    counts_text,
+    effective_status,
+    empty_counts,
+    hostname,
+    iso,
+    legacy_uid,
+    new_uid,
+    parse_iso,
+    process_is_gone,
+    results_in_selection_order,
+    status_from_exit,
 )
-RetryMode = Literal["full", "failed_only", "subset"]
 
-#: How the failure or skip text of one result is capped, in characters.
-LONGREPR_LIMIT = 16_000
-
-
-class StoreError(Exception):
-    """The store cannot be read or written; the message names the store."""
-
-
-class StoreNotFound(StoreError):
-    """There is no store at the given location."""
-
-
-class StoreTooNew(StoreError):
-    """The store was written by a newer schema than this plugin knows."""
-
-
-class RunNotFound(StoreError):
-    """No run with the requested id."""
-
-
-class RunPruned(StoreError):
-    """The run's selection and results were pruned."""
-
-
-def status_from_exit(exit_status: int) -> RunStatus:
-    """The run status for a pytest exit code."""
-    statuses: dict[int, RunStatus] = {0: "passed", 1: "failed", 2: "interrupted", 5: "no_tests"}
-    return statuses.get(exit_status, "error")
-
-
-@dataclass(frozen=True)
-class GitInfo:
-    branch: str | None = None
-    commit: str | None = None
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """How a session was started, recorded once per run."""
-
-    #: ``None`` when a run was exported without them (it cannot be replayed).
-    args: list[str] | None
-    invocation_dir: str
-    rootdir: str
-    inifile: str | None
-    python: str
-    pytest: str
-    platform: str
-    host: str
-    pid: int
-    plugins: list[str] = field(default_factory=list)
-    workers: int | None = None
-    git: GitInfo = field(default_factory=GitInfo)
-    ci: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Invocation:
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["git"] = GitInfo(**(data.get("git") or {}))
-        return cls(**values)
-
-
-class SelectedTest(NamedTuple):
-    """One entry of a run's selection: a node id and the file pytest collected it from
-    (relative to the rootdir, ``/``-separated)."""
-
-    nodeid: str
-    file: str
-
-
-class Result(NamedTuple):
-    """The final outcome of one selected test (or one collection error).
-
-    A named tuple: one is made per test while the session runs, so it must be cheap.
-    """
-
-    nodeid: str
-    outcome: Outcome
-    when: Phase
-    setup_duration: float = 0.0
-    call_duration: float = 0.0
-    teardown_duration: float = 0.0
-    worker: str | None = None
-    longrepr: str | None = None
-    rerun_attempts: int = 0
-    #: Set for results that are not part of the selection (collection errors).
-    file: str | None = None
-
-    @property
-    def duration(self) -> float:
-        return self.setup_duration + self.call_duration + self.teardown_duration
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "nodeid": self.nodeid,
-            "outcome": self.outcome,
-            "when": self.when,
-            "duration": round(self.duration, 6),
-            "durations": {
-                "setup": round(self.setup_duration, 6),
-                "call": round(self.call_duration, 6),
-                "teardown": round(self.teardown_duration, 6),
-            },
-            "worker": self.worker,
-            "longrepr": self.longrepr,
-            "rerun_attempts": self.rerun_attempts,
-        }
-
-
-@dataclass(frozen=True)
-class NewRun:
-    """What is known about a run when it starts."""
-
-    invocation: Invocation
-    created_at: float
-    started_at: float
-    label: str | None = None
-    meta: dict[str, str] = field(default_factory=dict)
-    source_run_id: int | None = None
-    root_run_id: int | None = None
-    attempt: int = 1
-    mode: RetryMode = "full"
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The ordered node ids a run meant to execute, recorded when collection ends."""
-
-    tests: list[SelectedTest]
-    deselected: int = 0
-    #: Retry only: tests of the source's selection that no longer exist.
-    missing: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class RunFinish:
-    exit_status: int
-    finished_at: float
-    deselected: int | None = None
-    mode: RetryMode | None = None
-    missing: list[str] | None = None
-
-
-Counts = dict[str, int]
-
-
-def empty_counts() -> Counts:
-    return dict.fromkeys(OUTCOMES, 0)
-
-
-def counts_text(counts: Counts) -> str:
-    """``118 passed, 2 failed``: the non-zero counts in outcome order."""
-    parts = [f"{counts[o]} {o.replace('_', ' ')}" for o in OUTCOMES if counts.get(o)]
-    return ", ".join(parts) or "no tests"
-
-
-def count_outcomes(results: Iterable[Result]) -> Counts:
-    counts = empty_counts()
-    for result in results:
-        counts[result.outcome] += 1
-    return counts
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """A run without its selection and results: what ``list`` shows."""
-
-    id: int
-    status: RunStatus
-    exit_status: int | None
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    label: str | None
-    meta: dict[str, str]
-    source_run_id: int | None
-    root_run_id: int
-    attempt: int
-    mode: RetryMode
-    reason: str | None
-    counts: Counts
-    invocation: Invocation
-    deselected: int
-    missing: list[str]
-    #: Where an imported run came from: its original id, store and lineage.
-    origin: dict[str, Any] | None = None
-    #: When ``pytest-runs prune`` dropped its selection and results.
-    pruned_at: float | None = None
-
-    @property
-    def duration(self) -> float | None:
-        if self.finished_at is None or self.started_at is None:
-            return None
-        return self.finished_at - self.created_at
-
-
-@dataclass(frozen=True)
-class Run:
-    """A whole run: summary, selection and one result per selected test."""
-
-    summary: RunSummary
-    selection: list[SelectedTest]
-    #: One per selected test, in selection order (``not_run`` where nothing was
-    #: reported), then one per collection error.
-    results: list[Result]
-
-    @property
-    def id(self) -> int:
-        return self.summary.id
-
-    def to_dict(self) -> dict[str, Any]:
-        """The documented JSON contract of ``pytest-runs show --format json``."""
-        s = self.summary
-        inv = s.invocation
-        return {
-            "id": s.id,
-            "status": s.status,
-            "exit_status": s.exit_status,
-            "created_at": iso(s.created_at),
-            "started_at": iso(s.started_at),
-            "finished_at": iso(s.finished_at),
-            "duration": None if s.duration is None else round(s.duration, 6),
-            "label": s.label,
-            "meta": dict(s.meta),
-            "source_run_id": s.source_run_id,
-            "root_run_id": s.root_run_id,
-            "attempt": s.attempt,
-            "mode": s.mode,
-            "reason": s.reason,
-            "invocation": {
-                "args": None if inv.args is None else list(inv.args),
-                "invocation_dir": inv.invocation_dir,
-                "rootdir": inv.rootdir,
-                "inifile": inv.inifile,
-                "python": inv.python,
-                "pytest": inv.pytest,
-                "platform": inv.platform,
-                "host": inv.host,
-                "pid": inv.pid,
-                "plugins": list(inv.plugins),
-                "workers": inv.workers,
-                "git": {"branch": inv.git.branch, "commit": inv.git.commit},
-                "ci": dict(inv.ci),
-            },
-            "selection": [test.nodeid for test in self.selection],
-            "deselected": s.deselected,
-            "missing": list(s.missing),
-            "counts": dict(s.counts),
-            "results": [result.to_dict() for result in self.results],
-            "origin": s.origin,
-            "pruned_at": iso(s.pruned_at),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Run:
-        """A run from its JSON contract (``show --format json``, ``export``).
-
-        Raises ``ValueError`` (or ``KeyError``/``TypeError``) for anything else.
-        """
-        inv = data["invocation"]
-        files = data.get("selection_files") or [n.split("::")[0] for n in data["selection"]]
-        selection = [
-            SelectedTest(str(nodeid), str(file))
-            for nodeid, file in zip(data["selection"], files, strict=True)
-        ]
-        results = []
-        for entry in data["results"]:
-            if entry["outcome"] not in OUTCOMES or entry["when"] not in PHASES:
-                raise ValueError(f"unknown outcome or phase in {entry!r}")
-            durations = entry.get("durations") or {"call": entry.get("duration") or 0.0}
-            results.append(
-                Result(
-                    str(entry["nodeid"]),
-                    entry["outcome"],
-                    entry["when"],
-                    float(durations.get("setup", 0.0)),
-                    float(durations.get("call", 0.0)),
-                    float(durations.get("teardown", 0.0)),
-                    entry.get("worker"),
-                    entry.get("longrepr"),
-                    int(entry.get("rerun_attempts") or 0),
-                )
-            )
-        if data["status"] not in RUN_STATUSES:
-            raise ValueError(f"unknown status {data['status']!r}")
-        summary = RunSummary(
-            id=int(data["id"]),
-            status=data["status"],
-            exit_status=data.get("exit_status"),
-            created_at=parse_iso(data["created_at"]) or 0.0,
-            started_at=parse_iso(data.get("started_at")),
-            finished_at=parse_iso(data.get("finished_at")),
-            label=data.get("label"),
-            meta=dict(data.get("meta") or {}),
-            source_run_id=data.get("source_run_id"),
-            root_run_id=int(data.get("root_run_id") or data["id"]),
-            attempt=int(data.get("attempt") or 1),
-            mode=data.get("mode") or "full",
-            reason=data.get("reason"),
-            counts={**empty_counts(), **(data.get("counts") or count_outcomes(results))},
-            invocation=Invocation.from_dict(dict(inv)),
-            deselected=int(data.get("deselected") or 0),
-            missing=list(data.get("missing") or []),
-            origin=data.get("origin"),
-            pruned_at=parse_iso(data.get("pruned_at")),
-        )
-        return cls(summary=summary, selection=selection, results=results)
-
-
-def hostname() -> str:
-    """This machine's name (``os.uname`` avoids importing ``socket`` at start-up)."""
-    if hasattr(os, "uname"):
-        return os.uname().nodename
-    import socket  # pragma: no cover - Windows
-
-    return socket.gethostname()  # pragma: no cover
-
-
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
-
-
-def parse_iso(text: str | None) -> float | None:
-    if text is None:
-        return None
-    from datetime import datetime
-
-    return datetime.fromisoformat(text).timestamp()
-
-
-def process_is_gone(host: str | None, pid: int | None) -> bool:
-    """True when ``pid`` on this host no longer exists (its run can never finish)."""
-    if pid is None or host != hostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OSError):
-        return False
-    return False
+__all__ = [
+    "DEFAULT_STALE_AFTER",
+    "FAILING_OUTCOMES",
+    "LONGREPR_LIMIT",
+    "OPEN_STATUSES",
+    "OUTCOMES",
+    "PHASES",
+    "RETRY_OUTCOMES",
+    "RUN_STATUSES",
+    "AlreadyClaimed",
+    "ConflictingSelection",
+    "Counts",
+    "GitInfo",
+    "InputsNotRetained",
+    "InvalidResult",
+    "InvalidRunFile",
+    "InvalidRunReference",
+    "Invocation",
+    "NewRun",
+    "NotQueued",
+    "NothingToRetry",
+    "Outcome",
+    "Phase",
+    "Result",
+    "RetryMode",
+    "Run",
+    "RunFinish",
+    "RunFinished",
+    "RunInProgress",
+    "RunNotFound",
+    "RunStatus",
+    "RunStore",
+    "RunSummary",
+    "RunsError",
+    "SelectedTest",
+    "Selection",
+    "StoreError",
+    "StoreNotFound",
+    "StoreTooNew",
+    "UnsupportedStore",
+    "backend_for",
+    "count_outcomes",
+    "counts_from_groups",
+    "counts_text",
+    "effective_status",
+    "empty_counts",
+    "hostname",
+    "iso",
+    "legacy_uid",
+    "new_uid",
+    "open_store",
+    "parse_iso",
+    "process_is_gone",
+    "redact_url",
+    "results_in_selection_order",
+    "status_from_exit",
+]
 
 
 class RunStore(Protocol):
-    """Everything the plugin and the CLI may do with run history.
+    """Everything the plugin, the CLI and the server may do with run history.
 
-    Runs are append-only: a run is created, gets its selection and results
-    while it is ``running``, and is finished once; after that nothing about it
-    can change.
+    Every write is idempotent: a run is keyed by the ``uid`` its creator made,
+    a result by its run and its position in the selection. A run is created
+    with its selection, gets results while it is open and is finished once;
+    after that nothing about it can change (pruning aside).
     """
 
+    #: Where the store is, safe to print (passwords and tokens redacted).
     location: str
 
-    def create_run(self, new_run: NewRun) -> int: ...
+    def create_run(self, new_run: NewRun, selection: Selection) -> int:
+        """The id of the run with ``new_run.uid``, created if there is none.
 
-    def record_selection(self, run_id: int, selection: Selection) -> None: ...
+        Raises :class:`ConflictingSelection` if that uid exists with another selection.
+        """
+        ...
 
-    def append_results(self, run_id: int, results: Sequence[Result]) -> None: ...
+    def append_results(self, run_id: int, results: Sequence[Result]) -> None:
+        """Store results by position; a position already stored is left as it is.
+
+        Raises :class:`RunFinished` for a new result of a finished run.
+        """
+        ...
 
     def finish_run(self, run_id: int, finish: RunFinish, results: Sequence[Result] = ()) -> None:
-        """Append the last results and close the run, in one transaction."""
+        """Append the last results and close the run, in one transaction; a
+        finished run is left as it is."""
+        ...
+
+    def claim_run(self, run_id: int, invocation: Invocation, started_at: float) -> RunSummary:
+        """Move a queued run to ``running`` for the session described by ``invocation``.
+
+        Raises :class:`AlreadyClaimed` when another session claimed it first and
+        :class:`NotQueued` for a run that was never queued.
+        """
         ...
 
     def get_run(self, run_id: int, outcomes: Collection[str] | None = None) -> Run:
@@ -417,7 +174,14 @@ class RunStore(Protocol):
 
     def get_summary(self, run_id: int) -> RunSummary: ...
 
-    def latest_run_id(self, *, finished: bool = False) -> int | None: ...
+    def find_run(self, uid: str) -> int | None:
+        """The id of the run with ``uid``, if this store has it."""
+        ...
+
+    def latest_run_id(self, *, finished: bool = False) -> int | None:
+        """The newest run id; with ``finished``, the newest run that can get no
+        more results (what ``last`` means)."""
+        ...
 
     def list_runs(self, limit: int | None = None) -> list[RunSummary]: ...
 
@@ -426,7 +190,8 @@ class RunStore(Protocol):
         ...
 
     def import_run(self, run: Run, origin: dict[str, Any]) -> int:
-        """Store a finished run from elsewhere under a new id; ``origin`` is kept."""
+        """Store a finished run from elsewhere, keyed by its uid (importing it
+        again returns the same id); ``origin`` is kept."""
         ...
 
     def prune(self, run_ids: Sequence[int], pruned_at: float) -> None:
@@ -437,15 +202,82 @@ class RunStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(location: str, *, create: bool = True) -> RunStore:
-    """Open the store at ``location`` (a file path or ``sqlite:///path``).
+#: URL scheme -> (backend module, extra that installs what it needs).
+BACKENDS: dict[str, tuple[str, str | None]] = {
+    "sqlite": ("pytest_rerun_runs.store.sqlite", None),
+    "postgresql": ("pytest_rerun_runs.store.postgres", "postgres"),
+    "postgres": ("pytest_rerun_runs.store.postgres", "postgres"),
+    "http": ("pytest_rerun_runs.store.http", None),
+    "https": ("pytest_rerun_runs.store.http", None),
+}
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
+_SECRET_PARAMETERS = re.compile(
+    r"(?P<key>[?&](?:password|passwd|pwd|token|access_token|api_key|apikey|secret)=)[^&#\s]*",
+    re.IGNORECASE,
+)
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the passwords and tokens of any URL in it replaced by ``***``."""
+    if "://" not in text:
+        return text
+    text = _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+    return _SECRET_PARAMETERS.sub(r"\g<key>***", text)
+
+
+def store_scheme(location: str) -> str:
+    """The backend scheme of a store location: ``sqlite`` for a plain path."""
+    match = _SCHEME.match(location)
+    return match.group(1).lower() if match else "sqlite"
+
+
+def backend_for(location: str) -> Any:
+    """The backend module serving ``location``.
+
+    Raises :class:`UnsupportedStore` for an unknown scheme or a backend whose
+    extra is not installed, before anything is created.
+    """
+    scheme = store_scheme(location)
+    shown = redact_url(location)
+    if scheme not in BACKENDS:
+        known = ", ".join(f"{name}://" for name in BACKENDS)
+        raise UnsupportedStore(
+            f"{shown}: unknown store scheme {scheme}:// (a store is a file path or one of {known})",
+            scheme=scheme,
+        )
+    module_name, extra = BACKENDS[scheme]
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        if extra is not None:
+            raise UnsupportedStore(
+                f"{shown}: {scheme}:// stores need the [{extra}] extra:"
+                f" pip install 'pytest-rerun-runs[{extra}]' ({exc})",
+                scheme=scheme,
+                extra=extra,
+            ) from None
+        raise UnsupportedStore(
+            f"{shown}: {scheme}:// stores are not supported by this version of pytest-rerun-runs",
+            scheme=scheme,
+        ) from None
+
+
+def open_store(
+    location: str,
+    *,
+    create: bool = True,
+    read_only: bool = False,
+    stale_after: float = DEFAULT_STALE_AFTER,
+) -> RunStore:
+    """Open the store at ``location`` (a file path, ``sqlite:///path``, or the
+    URL of another backend).
 
     With ``create=False`` a missing store raises :class:`StoreNotFound`
-    instead of being created.
+    instead of being created; ``read_only`` never writes to it.
     """
-    if location.startswith(("http://", "https://")):
-        raise StoreError(f"{location}: HTTP stores are not supported by this version")
-    from pytest_rerun_runs.store.sqlite import SqliteStore
-
-    path = location.removeprefix("sqlite://")
-    return SqliteStore(path, create=create)
+    store: RunStore = backend_for(location).connect(
+        location, create=create and not read_only, read_only=read_only, stale_after=stale_after
+    )
+    return store

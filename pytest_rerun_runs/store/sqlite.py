@@ -16,13 +16,27 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 import zlib
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pytest_rerun_runs.store import (
+from pytest_rerun_runs.store.errors import (
+    AlreadyClaimed,
+    ConflictingSelection,
+    InvalidResult,
+    NotQueued,
+    RunFinished,
+    RunNotFound,
+    StoreError,
+    StoreNotFound,
+    StoreTooNew,
+)
+from pytest_rerun_runs.store.model import (
+    DEFAULT_STALE_AFTER,
+    OPEN_STATUSES,
     OUTCOMES,
     PHASES,
     Counts,
@@ -31,15 +45,13 @@ from pytest_rerun_runs.store import (
     Result,
     Run,
     RunFinish,
-    RunNotFound,
     RunSummary,
     SelectedTest,
     Selection,
-    StoreError,
-    StoreNotFound,
-    StoreTooNew,
-    empty_counts,
-    process_is_gone,
+    counts_from_groups,
+    effective_status,
+    legacy_uid,
+    results_in_selection_order,
     status_from_exit,
 )
 
@@ -47,6 +59,7 @@ BUSY_TIMEOUT_SECONDS = 5.0
 
 _RAISE_FINISHED = "SELECT RAISE(ABORT, 'pytest-rerun-runs: a finished run cannot be changed')"
 
+# Frozen with migration 2: the columns a prune may not change.
 _UNCHANGED_BY_PRUNE = " AND ".join(
     f"NEW.{column} IS OLD.{column}"
     for column in (
@@ -154,6 +167,26 @@ MIGRATIONS: list[str] = [
         WHEN (SELECT finished_at IS NOT NULL AND pruned_at IS NULL FROM runs WHERE id = OLD.run_id)
         BEGIN {_RAISE_FINISHED}; END;
     """,
+    # 3: the store contract. Runs are keyed by a client-made uid (idempotent
+    # creation and imports), liveness is the time of the last write, a queued
+    # retry holds its frozen plan; no statement may replace a finished run.
+    f"""
+    ALTER TABLE runs ADD COLUMN uid TEXT;
+    ALTER TABLE runs ADD COLUMN last_seen_at REAL;
+    ALTER TABLE runs ADD COLUMN plan TEXT;
+    CREATE UNIQUE INDEX runs_by_uid ON runs (uid);
+    DROP TRIGGER finished_runs_are_immutable;
+    CREATE TRIGGER finished_runs_are_immutable BEFORE UPDATE ON runs
+        WHEN OLD.finished_at IS NOT NULL AND NOT (
+            OLD.pruned_at IS NULL AND NEW.pruned_at IS NOT NULL AND NEW.selection IS NULL
+            AND {_UNCHANGED_BY_PRUNE} AND NEW.uid IS OLD.uid
+            AND NEW.last_seen_at IS OLD.last_seen_at AND NEW.plan IS OLD.plan
+        ) BEGIN {_RAISE_FINISHED}; END;
+    CREATE TRIGGER finished_runs_are_not_replaced BEFORE INSERT ON runs
+        WHEN EXISTS (
+            SELECT 1 FROM runs WHERE (id = NEW.id OR uid = NEW.uid) AND finished_at IS NOT NULL
+        ) BEGIN {_RAISE_FINISHED}; END;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -166,7 +199,7 @@ _PHASE_CODE = {phase: code for code, phase in enumerate(PHASES)}
 _SUMMARY_COLUMNS = (
     "id, status, exit_status, created_at, started_at, finished_at, label, meta, invocation,"
     " host, pid, source_run_id, root_run_id, attempt, mode, reason, selection_size,"
-    " deselected, missing, counts, origin, pruned_at"
+    " deselected, missing, counts, origin, pruned_at, uid, last_seen_at, plan"
 )
 
 
@@ -192,17 +225,31 @@ def _micros(seconds: float) -> int:
     return round(seconds * 1_000_000)
 
 
+def connect(
+    location: str,
+    *,
+    create: bool = True,
+    read_only: bool = False,
+    stale_after: float = DEFAULT_STALE_AFTER,
+) -> SqliteStore:
+    """The backend's entry point for :func:`~pytest_rerun_runs.store.open_store`."""
+    path = location[len("sqlite://") :] if location.startswith("sqlite://") else location
+    return SqliteStore(path, create=create, stale_after=stale_after)
+
+
 class SqliteStore:
     """:class:`~pytest_rerun_runs.store.RunStore` on one SQLite file."""
 
-    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        create: bool = True,
+        stale_after: float = DEFAULT_STALE_AFTER,
+    ) -> None:
         self.path = Path(path)
         self.location = str(self.path)
-        # Per run being written by this process: node id -> selection position.
-        # A node id selected more than once (--keep-duplicates) has several positions.
-        self._positions: dict[int, dict[str, list[int]]] = {}
-        self._next_extra: dict[int, int] = {}
-        self._reported: dict[int, set[int]] = {}
+        self.stale_after = stale_after
         if not create and not self.path.exists():
             raise StoreNotFound(f"no run store at {self.location}")
         self._connection = self._connect(create)
@@ -233,16 +280,19 @@ class SqliteStore:
     def _migrate(self) -> None:
         with self._errors("open"):
             connection = self._connection
-            if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
+            # What the file is, before any statement that could change it.
             version = self._schema_version()
             if version > SCHEMA_VERSION:
                 raise StoreTooNew(
                     f"run store {self.location} was written by a newer pytest-rerun-runs"
                     f" (schema {version}, this version knows {SCHEMA_VERSION}); upgrade"
-                    " pytest-rerun-runs to use it"
+                    " pytest-rerun-runs to use it",
+                    schema=version,
+                    known=SCHEMA_VERSION,
                 )
+            if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
             if version == SCHEMA_VERSION:
                 return
             with self.transaction():
@@ -282,7 +332,8 @@ class SqliteStore:
             try:
                 yield connection
             except BaseException:
-                connection.execute("ROLLBACK")
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
 
@@ -291,116 +342,188 @@ class SqliteStore:
 
     # -- writing --------------------------------------------------------------
 
-    def create_run(self, new_run: NewRun) -> int:
+    def find_run(self, uid: str) -> int | None:
+        with self._errors("read"):
+            row = self._connection.execute("SELECT id FROM runs WHERE uid = ?", (uid,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _existing(self, connection: sqlite3.Connection, uid: str, blob: bytes) -> int | None:
+        row = connection.execute("SELECT id, selection FROM runs WHERE uid = ?", (uid,)).fetchone()
+        if row is None:
+            return None
+        run_id, stored = row
+        if stored is not None and stored != blob:
+            raise ConflictingSelection(
+                f"run {run_id} (uid {uid}) exists with another selection", run_id=run_id
+            )
+        return int(run_id)
+
+    def create_run(self, new_run: NewRun, selection: Selection) -> int:
         inv = new_run.invocation
+        blob = encode_selection(selection.tests)
+        queued = new_run.status == "queued"
         with self.transaction() as connection:
+            existing = self._existing(connection, new_run.uid, blob)
+            if existing is not None:
+                return existing
             cursor = connection.execute(
-                "INSERT INTO runs (status, created_at, started_at, label, meta, invocation,"
-                " host, pid, source_run_id, root_run_id, attempt, mode, reason)"
-                " VALUES ('running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (uid, status, created_at, started_at, last_seen_at, label,"
+                " meta, invocation, host, pid, source_run_id, root_run_id, attempt, mode,"
+                " reason, plan, selection, selection_size, deselected, missing)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
+                    new_run.uid,
+                    new_run.status,
                     new_run.created_at,
-                    new_run.started_at,
+                    None if queued else new_run.started_at,
+                    None if queued else time.time(),
                     new_run.label,
                     json.dumps(new_run.meta),
                     json.dumps(inv.to_dict()),
-                    inv.host,
-                    inv.pid,
+                    None if queued else inv.host,
+                    None if queued else inv.pid,
                     new_run.source_run_id,
                     new_run.root_run_id,
                     new_run.attempt,
                     new_run.mode,
                     new_run.reason,
+                    None if new_run.plan is None else json.dumps(new_run.plan),
+                    blob,
+                    len(selection.tests),
+                    selection.deselected,
+                    json.dumps(selection.missing),
                 ),
             )
             run_id = cursor.lastrowid
             assert run_id is not None
             if new_run.root_run_id is None:
                 connection.execute("UPDATE runs SET root_run_id = id WHERE id = ?", (run_id,))
-        self._positions[run_id] = {}
-        self._next_extra[run_id] = 0
-        self._reported[run_id] = set()
         return run_id
 
-    def record_selection(self, run_id: int, selection: Selection) -> None:
-        positions: dict[str, list[int]] = {}
-        for position, test in enumerate(selection.tests):
-            positions.setdefault(test.nodeid, []).append(position)
-        self._positions[run_id] = positions
-        self._next_extra[run_id] = len(selection.tests)
+    def claim_run(self, run_id: int, invocation: Invocation, started_at: float) -> RunSummary:
         with self.transaction() as connection:
-            connection.execute(
-                "UPDATE runs SET selection = ?, selection_size = ?, deselected = ?, missing = ?"
-                " WHERE id = ?",
+            claimed = connection.execute(
+                "UPDATE runs SET status = 'running', invocation = ?, host = ?, pid = ?,"
+                " started_at = ?, last_seen_at = ? WHERE id = ? AND status = 'queued'",
                 (
-                    encode_selection(selection.tests),
-                    len(selection.tests),
-                    selection.deselected,
-                    json.dumps(selection.missing),
+                    json.dumps(invocation.to_dict()),
+                    invocation.host,
+                    invocation.pid,
+                    started_at,
+                    time.time(),
                     run_id,
                 ),
-            )
+            ).rowcount
+            if not claimed:
+                row = connection.execute(
+                    "SELECT plan, host, status FROM runs WHERE id = ?", (run_id,)
+                ).fetchone()
+                if row is None:
+                    raise RunNotFound(f"run {run_id} not found in {self.location}", run_id=run_id)
+                plan, host, status = row
+                if plan is None:
+                    raise NotQueued(f"run {run_id} is not a queued retry", run_id=run_id)
+                raise AlreadyClaimed(
+                    f"run {run_id} was already claimed by {host or 'another session'}"
+                    f" (it is {status})",
+                    run_id=run_id,
+                    host=host,
+                )
+        return self.get_summary(run_id)
 
-    def _result_rows(self, run_id: int, results: Sequence[Result]) -> list[tuple[Any, ...]]:
-        positions = self._positions.get(run_id, {})
-        reported = self._reported.setdefault(run_id, set())
+    def _rows(self, run_id: int, results: Sequence[Result]) -> list[tuple[Any, ...]]:
+        outcome_code, phase_code = _OUTCOME_CODE, _PHASE_CODE
         rows = []
         for result in results:
-            candidates = positions.get(result.nodeid)
-            if candidates is None:
-                position = None
-            elif len(candidates) == 1:
-                position = None if candidates[0] in reported else candidates[0]
-            else:
-                position = next((p for p in candidates if p not in reported), None)
-            extra = position is None
-            if position is None:
-                position = self._next_extra.get(run_id, 0)
-                self._next_extra[run_id] = position + 1
-            assert position is not None
-            reported.add(position)
-            rows.append(self._row(run_id, position, result, extra))
+            if result.position < 0:
+                raise InvalidResult(
+                    f"result for {result.nodeid} has no position in run {run_id}", run_id=run_id
+                )
+            rows.append(
+                (
+                    run_id,
+                    result.position,
+                    outcome_code[result.outcome],
+                    phase_code[result.when],
+                    _micros(result.setup_duration),
+                    _micros(result.call_duration),
+                    _micros(result.teardown_duration),
+                    result.worker,
+                    result.longrepr,
+                    result.rerun_attempts,
+                    result.nodeid,
+                    result.file or result.nodeid.split("::")[0],
+                )
+            )
         return rows
 
-    @staticmethod
-    def _row(run_id: int, position: int, result: Result, extra: bool) -> tuple[Any, ...]:
-        return (
-            run_id,
-            position,
-            _OUTCOME_CODE[result.outcome],
-            _PHASE_CODE[result.when],
-            _micros(result.setup_duration),
-            _micros(result.call_duration),
-            _micros(result.teardown_duration),
-            result.worker,
-            result.longrepr,
-            result.rerun_attempts,
-            result.nodeid if extra else None,
-            (result.file or result.nodeid.split("::")[0]) if extra else None,
-        )
+    def _open_run(
+        self, connection: sqlite3.Connection, run_id: int, rows: list[tuple[Any, ...]]
+    ) -> tuple[int, bool]:
+        """(selection size, still open) of ``run_id``; for a finished run, checks
+        that ``rows`` are already stored (a repeated write) and refuses new ones."""
+        row = connection.execute(
+            "SELECT selection_size, finished_at FROM runs WHERE id = ?", (run_id,)
+        ).fetchone()
+        if row is None:
+            raise RunNotFound(f"run {run_id} not found in {self.location}", run_id=run_id)
+        size, finished_at = row
+        if finished_at is None:
+            return int(size), True
+        stored = {
+            position
+            for (position,) in connection.execute(
+                "SELECT position FROM results WHERE run_id = ?", (run_id,)
+            )
+        }
+        if any(row[1] not in stored for row in rows):
+            raise RunFinished(f"run {run_id} is finished and cannot change", run_id=run_id)
+        return int(size), False
 
-    def _insert_results(self, connection: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    @staticmethod
+    def _insert(connection: sqlite3.Connection, rows: list[tuple[Any, ...]], size: int) -> None:
+        # The selection already names the selected tests: node id and file are
+        # stored only for results outside it.
         connection.executemany(
-            "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            "INSERT OR IGNORE INTO results VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
+            " CASE WHEN ?2 < ?13 THEN NULL ELSE ?11 END,"
+            " CASE WHEN ?2 < ?13 THEN NULL ELSE ?12 END)",
+            [(*row, size) for row in rows],
         )
 
     def append_results(self, run_id: int, results: Sequence[Result]) -> None:
         if not results:
             return
-        rows = self._result_rows(run_id, results)
+        rows = self._rows(run_id, results)
         with self.transaction() as connection:
-            self._insert_results(connection, rows)
+            size, still_open = self._open_run(connection, run_id, rows)
+            if not still_open:
+                return
+            self._insert(connection, rows, size)
+            connection.execute(
+                "UPDATE runs SET last_seen_at = ? WHERE id = ?", (time.time(), run_id)
+            )
 
     def finish_run(self, run_id: int, finish: RunFinish, results: Sequence[Result] = ()) -> None:
-        rows = self._result_rows(run_id, results)
+        rows = self._rows(run_id, results)
         with self.transaction() as connection:
-            self._insert_results(connection, rows)
-            counts = self._live_counts(run_id)
-            assignments = ["status = ?", "exit_status = ?", "finished_at = ?", "counts = ?"]
+            size, still_open = self._open_run(connection, run_id, rows)
+            if not still_open:
+                return
+            self._insert(connection, rows, size)
+            counts = self._live_counts(run_id, size)
+            assignments = [
+                "status = ?",
+                "exit_status = ?",
+                "finished_at = ?",
+                "last_seen_at = ?",
+                "counts = ?",
+            ]
             values: list[Any] = [
                 status_from_exit(finish.exit_status),
                 finish.exit_status,
                 finish.finished_at,
+                time.time(),
                 json.dumps(counts),
             ]
             if finish.deselected is not None:
@@ -415,31 +538,20 @@ class SqliteStore:
             connection.execute(
                 f"UPDATE runs SET {', '.join(assignments)} WHERE id = ?", (*values, run_id)
             )
-        self._positions.pop(run_id, None)
-        self._reported.pop(run_id, None)
-        self._next_extra.pop(run_id, None)
 
     # -- reading --------------------------------------------------------------
 
-    def _live_counts(self, run_id: int) -> Counts:
-        connection = self._connection
-        (selection_size,) = connection.execute(
-            "SELECT selection_size FROM runs WHERE id = ?", (run_id,)
-        ).fetchone()
-        counts = empty_counts()
-        in_selection = 0
-        for outcome, is_selected, number in connection.execute(
+    def _live_counts(self, run_id: int, selection_size: int) -> Counts:
+        groups = self._connection.execute(
             "SELECT outcome, position < ?, count(*) FROM results WHERE run_id = ?"
             " GROUP BY outcome, position < ?",
             (selection_size, run_id, selection_size),
-        ):
-            counts[OUTCOMES[outcome]] += number
-            if is_selected:
-                in_selection += number
-        counts["not_run"] += selection_size - in_selection
-        return counts
+        )
+        return counts_from_groups(
+            selection_size, ((OUTCOMES[o], bool(inside), n) for o, inside, n in groups)
+        )
 
-    def _summary(self, row: sqlite3.Row | tuple[Any, ...]) -> RunSummary:
+    def _summary(self, row: sqlite3.Row | tuple[Any, ...], now: float) -> RunSummary:
         (
             run_id,
             status,
@@ -457,18 +569,26 @@ class SqliteStore:
             attempt,
             mode,
             reason,
-            _selection_size,
+            selection_size,
             deselected,
             missing,
             counts,
             origin,
             pruned_at,
+            uid,
+            last_seen_at,
+            plan,
         ) = row
-        if status == "running" and process_is_gone(host, pid):
-            status = "interrupted"
         return RunSummary(
             id=run_id,
-            status=status,
+            status=effective_status(
+                status,
+                _last_seen(last_seen_at, started_at, created_at),
+                host,
+                pid,
+                now=now,
+                stale_after=self.stale_after,
+            ),
             exit_status=exit_status,
             created_at=created_at,
             started_at=started_at,
@@ -480,17 +600,20 @@ class SqliteStore:
             attempt=attempt,
             mode=mode,
             reason=reason,
-            counts=json.loads(counts) if counts else self._live_counts(run_id),
+            counts=json.loads(counts) if counts else self._live_counts(run_id, selection_size),
             invocation=Invocation.from_dict(json.loads(invocation)),
             deselected=deselected,
             missing=json.loads(missing),
             origin=json.loads(origin) if origin else None,
             pruned_at=pruned_at,
+            uid=uid if uid is not None else legacy_uid(created_at, host, pid, run_id),
+            last_seen_at=last_seen_at,
+            plan=json.loads(plan) if plan else None,
         )
 
     def get_summary(self, run_id: int) -> RunSummary:
         if not 0 < run_id <= _MAX_ID:
-            raise RunNotFound(f"run {run_id} not found in {self.location}")
+            raise RunNotFound(f"run {run_id} not found in {self.location}", run_id=run_id)
         with self._errors("read"):
             row = self._connection.execute(
                 f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE id = ?", (run_id,)
@@ -498,8 +621,10 @@ class SqliteStore:
             if row is None:
                 newest = self.latest_run_id()
                 hint = f"the newest is {newest}" if newest is not None else "it holds no runs"
-                raise RunNotFound(f"run {run_id} not found in {self.location} ({hint})")
-            return self._summary(row)
+                raise RunNotFound(
+                    f"run {run_id} not found in {self.location} ({hint})", run_id=run_id
+                )
+            return self._summary(row, time.time())
 
     def get_run(self, run_id: int, outcomes: Collection[str] | None = None) -> Run:
         """The whole run; a pruned run has its summary and no selection or results.
@@ -523,8 +648,8 @@ class SqliteStore:
             ).fetchone()
             selection = decode_selection(blob)
             size = len(selection)
-            rows = self._connection.execute(query + " ORDER BY position", parameters).fetchall()
-            reported: set[int] | None = None
+            rows = self._connection.execute(query, parameters).fetchall()
+            reported: set[int] = set()
             if outcomes is not None and "not_run" in outcomes:
                 reported = {
                     position
@@ -533,12 +658,9 @@ class SqliteStore:
                         (run_id, size),
                     )
                 }
-        by_position: dict[int, Result] = {}
-        extras: list[Result] = []
         all_outcomes, phases = OUTCOMES, PHASES
-        for position, nodeid, outcome, phase, setup, call, teardown, *rest in rows:
-            worker, longrepr, rerun_attempts, file = rest
-            result = Result(
+        stored = [
+            Result(
                 selection[position].nodeid if nodeid is None else nodeid,
                 all_outcomes[outcome],
                 phases[phase],
@@ -549,19 +671,23 @@ class SqliteStore:
                 longrepr,
                 rerun_attempts,
                 file,
+                position,
             )
-            if position < size:
-                by_position[position] = result
-            else:
-                extras.append(result)
-        results: list[Result] = []
-        for position, test in enumerate(selection):
-            found = by_position.get(position)
-            if found is not None:
-                results.append(found)
-            elif outcomes is None or (reported is not None and position not in reported):
-                results.append(Result(test.nodeid, "not_run", "none"))
-        results.extend(extras)
+            for (
+                position,
+                nodeid,
+                outcome,
+                phase,
+                setup,
+                call,
+                teardown,
+                worker,
+                longrepr,
+                rerun_attempts,
+                file,
+            ) in rows
+        ]
+        results = results_in_selection_order(selection, stored, outcomes, reported)
         return Run(summary=summary, selection=selection, results=results)
 
     def lineage(self, run_id: int) -> list[RunSummary]:
@@ -571,23 +697,30 @@ class SqliteStore:
                 f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE root_run_id = ? ORDER BY id",
                 (root,),
             ).fetchall()
-            return [self._summary(row) for row in rows]
+            now = time.time()
+            return [self._summary(row, now) for row in rows]
 
     def import_run(self, run: Run, origin: dict[str, Any]) -> int:
         s = run.summary
-        status = s.status if s.status != "running" else "interrupted"
+        uid = s.uid or legacy_uid(s.created_at, s.invocation.host, s.invocation.pid, s.id)
+        status = s.status if s.status not in ("running", "queued") else "interrupted"
         selection = run.selection
         size = len(selection)
-        position_of: dict[str, int] = {}
+        blob = encode_selection(selection)
+        free_positions: dict[str, list[int]] = {}
         for position, test in enumerate(selection):
-            position_of.setdefault(test.nodeid, position)
+            free_positions.setdefault(test.nodeid, []).append(position)
         with self.transaction() as connection:
+            existing = self._existing(connection, uid, blob)
+            if existing is not None:
+                return existing
             cursor = connection.execute(
-                "INSERT INTO runs (status, exit_status, created_at, started_at, label, meta,"
+                "INSERT INTO runs (uid, status, exit_status, created_at, started_at, label, meta,"
                 " invocation, host, pid, attempt, mode, reason, selection, selection_size,"
-                " deselected, missing, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'full',"
+                " deselected, missing, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'full',"
                 " ?, ?, ?, ?, ?, ?)",
                 (
+                    uid,
                     status,
                     s.exit_status,
                     s.created_at,
@@ -598,7 +731,7 @@ class SqliteStore:
                     s.invocation.host,
                     s.invocation.pid,
                     s.reason,
-                    encode_selection(selection),
+                    blob,
                     size,
                     s.deselected,
                     json.dumps(s.missing),
@@ -607,16 +740,18 @@ class SqliteStore:
             )
             run_id = cursor.lastrowid
             assert run_id is not None
-            rows = []
+            results = []
             extra = size
             for result in run.results:
                 if result.outcome == "not_run":
                     continue
-                position = position_of.pop(result.nodeid, -1)
-                if position < 0:
+                free = free_positions.get(result.nodeid)
+                if free:
+                    position = free.pop(0)
+                else:
                     position, extra = extra, extra + 1
-                rows.append(self._row(run_id, position, result, extra=position >= size))
-            self._insert_results(connection, rows)
+                results.append(result._replace(position=position))
+            self._insert(connection, self._rows(run_id, results), size)
             connection.execute(
                 "UPDATE runs SET root_run_id = id, finished_at = ?, counts = ? WHERE id = ?",
                 (s.finished_at or s.created_at, json.dumps(run.summary.counts), run_id),
@@ -642,14 +777,22 @@ class SqliteStore:
             self._connection.execute("VACUUM")
 
     def latest_run_id(self, *, finished: bool = False) -> int | None:
-        """The newest run id; with ``finished``, the newest run that is not running
-        (finished, or left running by a process that no longer exists)."""
+        """The newest run id; with ``finished``, the newest run that can get no more
+        results (finished, or no longer running: see ``effective_status``)."""
         with self._errors("read"):
             rows = self._connection.execute(
-                "SELECT id, finished_at, host, pid FROM runs ORDER BY id DESC"
+                "SELECT id, status, finished_at, last_seen_at, started_at, created_at, host, pid"
+                " FROM runs ORDER BY id DESC"
             )
-            for run_id, finished_at, host, pid in rows:
-                if not finished or finished_at is not None or process_is_gone(host, pid):
+            now = time.time()
+            for run_id, status, finished_at, seen, started_at, created_at, host, pid in rows:
+                if not finished or finished_at is not None:
+                    return int(run_id)
+                last_seen = _last_seen(seen, started_at, created_at)
+                live = effective_status(
+                    status, last_seen, host, pid, now=now, stale_after=self.stale_after
+                )
+                if live not in OPEN_STATUSES:
                     return int(run_id)
             return None
 
@@ -659,7 +802,15 @@ class SqliteStore:
                 f"SELECT {_SUMMARY_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?",
                 (-1 if limit is None else min(limit, _MAX_ID),),
             ).fetchall()
-            return [self._summary(row) for row in rows]
+            now = time.time()
+            return [self._summary(row, now) for row in rows]
+
+
+def _last_seen(last_seen_at: float | None, started_at: float | None, created_at: float) -> float:
+    """Runs recorded before ``last_seen_at`` existed were last seen when they started."""
+    if last_seen_at is not None:
+        return last_seen_at
+    return started_at if started_at is not None else created_at
 
 
 def _split_statements(script: str) -> Iterator[str]:

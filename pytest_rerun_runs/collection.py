@@ -1,0 +1,115 @@
+"""Narrowing collection to a retry plan, on the controller and on xdist workers.
+
+:class:`NarrowingPlugin` is registered only for a retry. It reads the typed
+plan from ``config.stash`` and leaves what it finds (missing tests, whether
+collection was refused) in the same :class:`RetryState` for the recorder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from pytest_rerun_runs.planner import PlanMatcher, RetryPlan
+from pytest_rerun_runs.text import summarize
+
+PLUGIN_NAME = "rerun-runs-narrowing"
+#: The workeroutput key a worker reports missing tests under.
+MISSING_KEY = "rerun_runs_missing"
+
+
+@dataclass
+class RetryState:
+    """A retry as it goes: the plan and what collection found."""
+
+    plan: RetryPlan
+    #: Planned tests that no longer exist.
+    missing: list[str] = field(default_factory=list)
+    #: Collection was refused (nothing planned exists): nothing is recorded.
+    aborted: bool = False
+
+
+retry_state_key = pytest.StashKey[RetryState]()
+
+
+def user_gave_paths(config: pytest.Config) -> bool:
+    """Whether the collection arguments came from the command line (or addopts)."""
+    return bool(config.args_source == pytest.Config.ArgsSource.ARGS)
+
+
+def collection_roots(paths: list[Path]) -> list[Path]:
+    """The directories to give pytest for ``paths``: each existing path's directory
+    (a directory itself for a directory), without those inside another."""
+    directories = sorted({p if p.is_dir() else p.parent for p in paths if p.exists()})
+    roots: list[Path] = []
+    for directory in directories:
+        if not any(root == directory or root in directory.parents for root in roots):
+            roots.append(directory)
+    return roots
+
+
+class NarrowingPlugin:
+    """Keeps what the plan selects, in the plan's order, and deselects the rest."""
+
+    def __init__(self, config: pytest.Config, state: RetryState) -> None:
+        self.config = config
+        self.state = state
+        plan = state.plan
+        self.matcher = PlanMatcher(plan.tests, plan.collectors)
+        rootdir = config.rootpath
+        files = [rootdir / file for file in plan.files]
+        # Only the files holding planned tests, and the directories on the way
+        # to them, are collected; every other path is ignored before pytest
+        # walks into it or imports it.
+        self.wanted = {*files, *(p for f in files for p in f.parents)}
+        self.wanted_trees = [
+            rootdir / c.file for c in plan.collectors if (rootdir / c.file).is_dir()
+        ]
+        if not user_gave_paths(config):
+            config.args = [str(d) for d in collection_roots(files)]
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_ignore_collect(self, collection_path: Path) -> bool | None:
+        if collection_path in self.wanted:
+            return None
+        if any(tree in collection_path.parents for tree in self.wanted_trees):
+            return None
+        return True
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        rank = self.matcher.rank
+        ranked = [(rank(item.nodeid), index, item) for index, item in enumerate(items)]
+        kept = [entry for entry in ranked if entry[0] is not None]
+        dropped = [item for position, _, item in ranked if position is None]
+        state = self.state
+        state.missing = self._missing({item.nodeid for item in items})
+        if not kept and state.missing and not hasattr(config, "workerinput"):
+            state.aborted = True
+            raise pytest.UsageError(
+                f"none of the {len(state.plan.tests)} planned tests exist any more"
+                f" (not found: {summarize(state.missing)})"
+            )
+        if state.plan.order == "recorded":
+            kept.sort(key=lambda entry: (entry[0], entry[1]))
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for _, _, item in kept]
+
+    def _missing(self, collected: set[str]) -> list[str]:
+        planned = self.state.plan.tests
+        rootdir = self.config.rootpath
+        if user_gave_paths(self.config):
+            # Paths and node ids narrow collection on purpose: only a test whose
+            # file is gone is known to be missing.
+            return [t.nodeid for t in planned if not (rootdir / t.file).exists()]
+        return [t.nodeid for t in planned if t.nodeid not in collected]
+
+    def pytest_sessionfinish(self) -> None:
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is not None:
+            workeroutput[MISSING_KEY] = self.state.missing

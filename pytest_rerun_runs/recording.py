@@ -1,0 +1,354 @@
+"""Recording the session as a run, in the controller process only.
+
+:class:`RecordingPlugin` learns the selection (from ``session.items``, or from
+the xdist workers' node ids), creates the run with it, feeds every report to
+the :class:`~pytest_rerun_runs.recorder.Recorder` and finishes the run. For a
+retry it reads the plan and what collection found from the stashed
+:class:`~pytest_rerun_runs.collection.RetryState`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from pytest_rerun_runs import locate
+from pytest_rerun_runs.collection import MISSING_KEY, RetryState, retry_state_key
+from pytest_rerun_runs.invocation import ci_info, git_info
+from pytest_rerun_runs.planner import retry_mode
+from pytest_rerun_runs.recorder import Recorder, relative_file
+from pytest_rerun_runs.retry_source import RetrySource
+from pytest_rerun_runs.store import (
+    FAILING_OUTCOMES,
+    Invocation,
+    NewRun,
+    Result,
+    RetryMode,
+    RunFinish,
+    RunStore,
+    SelectedTest,
+    Selection,
+    counts_text,
+    hostname,
+    new_uid,
+    open_store,
+    redact_url,
+)
+from pytest_rerun_runs.text import summarize
+
+PLUGIN_NAME = "rerun-runs-recorder"
+#: The workeroutput key a worker reports its deselected count under.
+DESELECTED_KEY = "rerun_runs_deselected"
+
+
+@dataclass(frozen=True)
+class RecordingOptions:
+    """What the command line and ini settings say about recording."""
+
+    store_location: str
+    default_store: bool
+    display_location: str
+    label: str | None
+    meta: dict[str, str]
+    flush_interval: float
+    stale_after: float
+    #: Notes about the retry's source printed with the start lines.
+    notes: list[str] = field(default_factory=list)
+
+
+def plugin_distributions(config: pytest.Config) -> list[str]:
+    """``name-version`` of every installed distribution that provides a pytest plugin.
+
+    Parsing each distribution's METADATA costs about a millisecond, so the name and
+    version are read from its ``.dist-info`` directory name where there is one
+    (``importlib.metadata``'s private ``_path``, checked on CPython 3.10 to 3.13),
+    and from the metadata otherwise.
+    """
+    found = set()
+    for _, dist in config.pluginmanager.list_plugin_distinfo():
+        directory = getattr(getattr(dist, "_dist", None), "_path", None)
+        name = str(getattr(directory, "name", ""))
+        stem = name.removesuffix(".dist-info")
+        if stem != name and stem.count("-") == 1:
+            found.add(stem.replace("_", "-"))
+        else:
+            found.add(f"{dist.project_name}-{dist.version}")
+    return sorted(found)
+
+
+def session_invocation(config: pytest.Config) -> Invocation:
+    """How this session was started; store URLs in the arguments are redacted."""
+    uname = os.uname() if hasattr(os, "uname") else None
+    platform_name = f"{uname.sysname}-{uname.release}-{uname.machine}" if uname else sys.platform
+    workers = getattr(config.option, "numprocesses", None)
+    return Invocation(
+        args=[redact_url(str(arg)) for arg in config.invocation_params.args],
+        invocation_dir=str(config.invocation_params.dir),
+        rootdir=str(config.rootpath),
+        inifile=str(config.inipath) if config.inipath else None,
+        python=".".join(map(str, sys.version_info[:3])),
+        pytest=pytest.__version__,
+        platform=platform_name,
+        host=hostname(),
+        pid=os.getpid(),
+        plugins=plugin_distributions(config),
+        workers=workers if isinstance(workers, int) else None,
+        git=git_info(config.rootpath),
+        ci=ci_info(),
+    )
+
+
+class RecordingPlugin:
+    """Records the session as a run (controller process only)."""
+
+    def __init__(
+        self, config: pytest.Config, options: RecordingOptions, source: RetrySource | None
+    ) -> None:
+        self.config = config
+        self.options = options
+        self.source = source
+        self.recorder = Recorder(
+            self._open_store,
+            self._warn,
+            flush_interval=options.flush_interval,
+            on_result=self._on_result,
+        )
+        self.created_at = time.time()
+        self.deselected = 0
+        self.selection: list[SelectedTest] | None = None
+        self.warnings: list[str] = []
+        self.worker_output_seen = False
+        self.missing: list[str] = []
+        self.source_failures: set[str] = set()
+        if source is not None:
+            self.source_failures = {
+                r.nodeid for r in source.run.results if r.outcome in FAILING_OUTCOMES
+            }
+        #: The local id of a run file's run, once imported.
+        self.imported_source_id: int | None = None
+        self.passed_on_retry: list[str] = []
+
+    @property
+    def retry(self) -> RetryState | None:
+        return self.config.stash.get(retry_state_key, None)
+
+    # -- store ------------------------------------------------------------------
+
+    def _open_store(self) -> RunStore:
+        if self.options.default_store:
+            try:
+                locate.prepare_default_dir(self.options.store_location)
+            except OSError:
+                pass  # the store itself reports why it cannot be written
+        return open_store(self.options.store_location, stale_after=self.options.stale_after)
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def _on_result(self, result: Result) -> None:
+        if result.outcome == "passed" and result.nodeid in self.source_failures:
+            self.passed_on_retry.append(result.nodeid)
+
+    # -- collection ---------------------------------------------------------------
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.created_at = time.time()
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, items: list[pytest.Item]
+    ) -> Generator[None]:
+        yield
+        rootdir = str(self.config.rootpath)
+        files: dict[Any, str] = {}
+        selection = []
+        for item in items:
+            path = item.path
+            file = files.get(path)
+            if file is None:
+                file = files[path] = relative_file(path, rootdir)
+            selection.append(SelectedTest(item.nodeid, file))
+        self.selection = selection
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected += len(items)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if not report.passed:
+            self.recorder.add_collect_report(report)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        retry = self.retry
+        if retry is not None:
+            if retry.aborted:
+                return
+            self.missing = retry.missing
+        if self.selection is not None or self.recorder.has_pending_results:
+            self._start(self.selection or [])
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        if self.recorder.started or self.recorder.disabled:
+            return
+        # Under xdist the controller only learns node ids; the file of a node id
+        # is the part before its first "::", as pytest builds node ids.
+        self._start([SelectedTest(nodeid, nodeid.split("::")[0]) for nodeid in ids])
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            for line in self._start_lines():
+                reporter.write_line(line)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        output = getattr(node, "workeroutput", None) or {}
+        if DESELECTED_KEY not in output or self.worker_output_seen:
+            return
+        # Every worker collects and deselects the same; one worker's figures count.
+        self.worker_output_seen = True
+        self.deselected += int(output[DESELECTED_KEY])
+        self.missing = list(output.get(MISSING_KEY, []))
+
+    def _mode(self) -> RetryMode:
+        retry = self.retry
+        if retry is None:
+            return "full"
+        selected = {test.nodeid for test in self.selection or []}
+        return retry_mode(retry.plan, selected, self.missing)
+
+    def _new_run(self, store: RunStore) -> NewRun:
+        """The run this session records; a run file's run is imported first."""
+        source_run_id, root_run_id, attempt, reason = None, None, 1, None
+        retry = self.retry
+        if retry is not None:
+            plan = retry.plan
+            source_run_id, root_run_id, attempt = plan.source_run_id, plan.root_run_id, plan.attempt
+            reason = plan.reason
+            source = self.source
+            if source is not None and source.file is not None:
+                from pytest_rerun_runs import exchange
+
+                local_id = exchange.import_run(store, source.run, source.export, source.file)
+                imported = store.get_summary(local_id)
+                self.imported_source_id = local_id
+                source_run_id, root_run_id = local_id, imported.root_run_id
+                attempt = imported.attempt + 1
+        return NewRun(
+            uid=new_uid(),
+            invocation=session_invocation(self.config),
+            created_at=self.created_at,
+            started_at=time.time(),
+            label=self.options.label,
+            meta=self.options.meta,
+            source_run_id=source_run_id,
+            root_run_id=root_run_id,
+            attempt=attempt,
+            mode=self._mode(),
+            reason=reason,
+        )
+
+    def _start(self, tests: list[SelectedTest]) -> None:
+        self.selection = tests
+        self.recorder.start(
+            self._new_run, Selection(tests=tests, deselected=self.deselected, missing=self.missing)
+        )
+
+    # -- running ------------------------------------------------------------------
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.recorder.add_test_report(report)
+
+    def pytest_report_collectionfinish(self) -> list[str]:
+        return self._start_lines()
+
+    def _start_lines(self) -> list[str]:
+        lines: list[str] = []
+        if self.config.get_verbosity() < -1:
+            return lines
+        retry, source = self.retry, self.source
+        if retry is not None and source is not None:
+            plan = retry.plan
+            mode = {"full": "all tests", "failed_only": "failed-only"}[plan.mode]
+            imported = ""
+            if self.imported_source_id is not None:
+                imported = f", imported as run {self.imported_source_id}"
+            lines.append(
+                f"rerun-runs: retrying {source.describe()}{imported} ({mode}): {plan.size:,} of"
+                f" {plan.source_size:,} tests, attempt {plan.attempt}"
+            )
+            lines.extend(f"rerun-runs: {note}" for note in self.options.notes)
+        if self.missing:
+            lines.append(self._missing_line())
+        if self.recorder.run_id is not None:
+            lines.append(
+                f"rerun-runs: recording run {self.recorder.run_id} in"
+                f" {self.options.display_location}"
+            )
+        return lines
+
+    def _missing_line(self) -> str:
+        source = self.source
+        named = source.describe() if source is not None else "the source run"
+        return (
+            f"rerun-runs: warning: {len(self.missing)} tests of {named}"
+            f" no longer exist: {summarize(self.missing)}"
+        )
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        exit_status = int(session.exitstatus)
+        if not self.recorder.started and self.recorder.has_pending_results:
+            self._start([])
+        retrying = self.retry is not None
+        self.recorder.finish(
+            RunFinish(
+                exit_status=exit_status,
+                finished_at=time.time(),
+                deselected=self.deselected,
+                mode=self._mode() if retrying else None,
+                missing=self.missing if retrying else None,
+            )
+        )
+        if self.config.pluginmanager.get_plugin("terminalreporter") is None:
+            for message in self.warnings:
+                sys.stderr.write(f"rerun-runs: warning: {message}\n")
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        for message in self.warnings:
+            terminalreporter.write_line(f"rerun-runs: warning: {message}", yellow=True)
+        run_id = self.recorder.run_id
+        if self.config.get_verbosity() < -1:
+            return
+        if self.missing and self.config.pluginmanager.has_plugin("dsession"):
+            # Under xdist the workers report missing tests only at their end.
+            terminalreporter.write_line(self._missing_line(), yellow=True)
+        if self.passed_on_retry:
+            terminalreporter.write_line(
+                f"rerun-runs: passed on retry (flaky candidates): {summarize(self.passed_on_retry)}"
+            )
+        if run_id is None or self.recorder.disabled:
+            return
+        terminalreporter.write_line(
+            f"run {run_id} recorded: {counts_text(self.recorder.counts())}"
+            f" in {self.options.display_location}"
+        )
+
+
+class WorkerPlugin:
+    """On an xdist worker: never touches the store; reports what it deselected."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.deselected = 0
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected += len(items)
+
+    def pytest_sessionfinish(self) -> None:
+        self.config.workeroutput[DESELECTED_KEY] = self.deselected  # type: ignore[attr-defined]

@@ -1,0 +1,481 @@
+"""The data of the store contract: runs, their selection and results.
+
+Plain data classes and the rules every backend shares (statuses, liveness,
+counts, result order); no I/O here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+Outcome = Literal["passed", "failed", "error", "skipped", "xfailed", "xpassed", "not_run"]
+OUTCOMES: tuple[Outcome, ...] = (
+    "passed",
+    "failed",
+    "error",
+    "skipped",
+    "xfailed",
+    "xpassed",
+    "not_run",
+)
+#: ``crash`` is an xdist worker that died while running the test.
+Phase = Literal["setup", "call", "teardown", "collect", "crash", "none"]
+PHASES: tuple[Phase, ...] = ("setup", "call", "teardown", "collect", "crash", "none")
+
+#: ``queued``: a retry created but not yet claimed by a session.
+RunStatus = Literal[
+    "queued", "running", "passed", "failed", "interrupted", "error", "no_tests", "cancelled"
+]
+RUN_STATUSES: tuple[RunStatus, ...] = (
+    "queued",
+    "running",
+    "passed",
+    "failed",
+    "interrupted",
+    "error",
+    "no_tests",
+    "cancelled",
+)
+#: Statuses of runs that may still get results.
+OPEN_STATUSES = frozenset({"queued", "running"})
+RetryMode = Literal["full", "failed_only", "subset"]
+
+#: Outcomes that count as failing (``pytest-runs diff``, ``flaky``, the terminal).
+FAILING_OUTCOMES = frozenset({"failed", "error"})
+#: Outcomes a failed-only retry runs again: failures, and the tests a stopped
+#: session never reached.
+RETRY_OUTCOMES = frozenset({"failed", "error", "not_run"})
+
+#: A running run not written to for this long (seconds) reads ``interrupted``.
+DEFAULT_STALE_AFTER = 3600.0
+
+#: How the failure or skip text of one result is capped, in characters.
+LONGREPR_LIMIT = 16_000
+
+
+def status_from_exit(exit_status: int) -> RunStatus:
+    """The run status for a pytest exit code."""
+    statuses: dict[int, RunStatus] = {0: "passed", 1: "failed", 2: "interrupted", 5: "no_tests"}
+    return statuses.get(exit_status, "error")
+
+
+@dataclass(frozen=True)
+class GitInfo:
+    branch: str | None = None
+    commit: str | None = None
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """How a session was started, recorded once per run."""
+
+    #: ``None`` when a run was exported without them (it cannot be replayed).
+    args: list[str] | None
+    invocation_dir: str
+    rootdir: str
+    inifile: str | None
+    python: str
+    pytest: str
+    platform: str
+    host: str
+    pid: int
+    plugins: list[str] = field(default_factory=list)
+    workers: int | None = None
+    git: GitInfo = field(default_factory=GitInfo)
+    ci: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Invocation:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["git"] = GitInfo(**(data.get("git") or {}))
+        return cls(**values)
+
+
+class SelectedTest(NamedTuple):
+    """One entry of a run's selection: a node id and the file pytest collected it from
+    (relative to the rootdir, ``/``-separated)."""
+
+    nodeid: str
+    file: str
+
+
+class Result(NamedTuple):
+    """The final outcome of one selected test (or one collection error).
+
+    A named tuple: one is made per test while the session runs, so it must be cheap.
+    """
+
+    nodeid: str
+    outcome: Outcome
+    when: Phase
+    setup_duration: float = 0.0
+    call_duration: float = 0.0
+    teardown_duration: float = 0.0
+    worker: str | None = None
+    longrepr: str | None = None
+    rerun_attempts: int = 0
+    #: Set for results that are not part of the selection (collection errors).
+    file: str | None = None
+    #: Index in the run's selection; results outside it (collection errors) come after it.
+    position: int = -1
+
+    @property
+    def duration(self) -> float:
+        return self.setup_duration + self.call_duration + self.teardown_duration
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodeid": self.nodeid,
+            "outcome": self.outcome,
+            "when": self.when,
+            "duration": round(self.duration, 6),
+            "durations": {
+                "setup": round(self.setup_duration, 6),
+                "call": round(self.call_duration, 6),
+                "teardown": round(self.teardown_duration, 6),
+            },
+            "worker": self.worker,
+            "longrepr": self.longrepr,
+            "rerun_attempts": self.rerun_attempts,
+        }
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """What is known about a run when it is created.
+
+    ``uid`` is made by the client (a UUID4, or the uid of an imported run):
+    creating a run with a uid that exists returns the existing run.
+    """
+
+    uid: str
+    invocation: Invocation
+    created_at: float
+    started_at: float
+    label: str | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+    source_run_id: int | None = None
+    root_run_id: int | None = None
+    attempt: int = 1
+    mode: RetryMode = "full"
+    reason: str | None = None
+    #: ``queued`` for a retry that a session will claim later; it holds its plan.
+    status: Literal["running", "queued"] = "running"
+    plan: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The ordered node ids a run meant to execute, recorded when collection ends."""
+
+    tests: list[SelectedTest]
+    deselected: int = 0
+    #: Retry only: tests of the source's selection that no longer exist.
+    missing: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunFinish:
+    exit_status: int
+    finished_at: float
+    deselected: int | None = None
+    mode: RetryMode | None = None
+    missing: list[str] | None = None
+
+
+Counts = dict[str, int]
+
+
+def empty_counts() -> Counts:
+    return dict.fromkeys(OUTCOMES, 0)
+
+
+def counts_text(counts: Counts) -> str:
+    """``118 passed, 2 failed``: the non-zero counts in outcome order."""
+    parts = [f"{counts[o]} {o.replace('_', ' ')}" for o in OUTCOMES if counts.get(o)]
+    return ", ".join(parts) or "no tests"
+
+
+def count_outcomes(results: Iterable[Result]) -> Counts:
+    counts = empty_counts()
+    for result in results:
+        counts[result.outcome] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run without its selection and results: what ``list`` shows."""
+
+    id: int
+    status: RunStatus
+    exit_status: int | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    label: str | None
+    meta: dict[str, str]
+    source_run_id: int | None
+    root_run_id: int
+    attempt: int
+    mode: RetryMode
+    reason: str | None
+    counts: Counts
+    invocation: Invocation
+    deselected: int
+    missing: list[str]
+    #: Where an imported run came from: its original id, store and lineage.
+    origin: dict[str, Any] | None = None
+    #: When ``pytest-runs prune`` dropped its selection and results.
+    pruned_at: float | None = None
+    uid: str | None = None
+    #: The last write of the session recording it.
+    last_seen_at: float | None = None
+    #: The frozen plan of a queued (or claimed) retry.
+    plan: dict[str, Any] | None = None
+
+    @property
+    def duration(self) -> float | None:
+        if self.finished_at is None or self.started_at is None:
+            return None
+        return self.finished_at - self.created_at
+
+
+@dataclass(frozen=True)
+class Run:
+    """A whole run: summary, selection and one result per selected test."""
+
+    summary: RunSummary
+    selection: list[SelectedTest]
+    #: One per selected test, in selection order (``not_run`` where nothing was
+    #: reported), then one per collection error.
+    results: list[Result]
+
+    @property
+    def id(self) -> int:
+        return self.summary.id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The documented JSON contract of ``pytest-runs show --format json``."""
+        s = self.summary
+        inv = s.invocation
+        return {
+            "id": s.id,
+            "uid": s.uid,
+            "status": s.status,
+            "exit_status": s.exit_status,
+            "created_at": iso(s.created_at),
+            "started_at": iso(s.started_at),
+            "finished_at": iso(s.finished_at),
+            "duration": None if s.duration is None else round(s.duration, 6),
+            "label": s.label,
+            "meta": dict(s.meta),
+            "source_run_id": s.source_run_id,
+            "root_run_id": s.root_run_id,
+            "attempt": s.attempt,
+            "mode": s.mode,
+            "reason": s.reason,
+            "invocation": {
+                "args": None if inv.args is None else list(inv.args),
+                "invocation_dir": inv.invocation_dir,
+                "rootdir": inv.rootdir,
+                "inifile": inv.inifile,
+                "python": inv.python,
+                "pytest": inv.pytest,
+                "platform": inv.platform,
+                "host": inv.host,
+                "pid": inv.pid,
+                "plugins": list(inv.plugins),
+                "workers": inv.workers,
+                "git": {"branch": inv.git.branch, "commit": inv.git.commit},
+                "ci": dict(inv.ci),
+            },
+            "selection": [test.nodeid for test in self.selection],
+            "deselected": s.deselected,
+            "missing": list(s.missing),
+            "counts": dict(s.counts),
+            "results": [result.to_dict() for result in self.results],
+            "origin": s.origin,
+            "pruned_at": iso(s.pruned_at),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Run:
+        """A run from its JSON contract (``show --format json``, ``export``).
+
+        Raises ``ValueError`` (or ``KeyError``/``TypeError``) for anything else.
+        """
+        inv = data["invocation"]
+        files = data.get("selection_files") or [n.split("::")[0] for n in data["selection"]]
+        selection = [
+            SelectedTest(str(nodeid), str(file))
+            for nodeid, file in zip(data["selection"], files, strict=True)
+        ]
+        results = []
+        for entry in data["results"]:
+            if entry["outcome"] not in OUTCOMES or entry["when"] not in PHASES:
+                raise ValueError(f"unknown outcome or phase in {entry!r}")
+            durations = entry.get("durations") or {"call": entry.get("duration") or 0.0}
+            results.append(
+                Result(
+                    str(entry["nodeid"]),
+                    entry["outcome"],
+                    entry["when"],
+                    float(durations.get("setup", 0.0)),
+                    float(durations.get("call", 0.0)),
+                    float(durations.get("teardown", 0.0)),
+                    entry.get("worker"),
+                    entry.get("longrepr"),
+                    int(entry.get("rerun_attempts") or 0),
+                )
+            )
+        uid = data.get("uid")
+        if data["status"] not in RUN_STATUSES:
+            raise ValueError(f"unknown status {data['status']!r}")
+        summary = RunSummary(
+            id=int(data["id"]),
+            status=data["status"],
+            exit_status=data.get("exit_status"),
+            created_at=parse_iso(data["created_at"]) or 0.0,
+            started_at=parse_iso(data.get("started_at")),
+            finished_at=parse_iso(data.get("finished_at")),
+            label=data.get("label"),
+            meta=dict(data.get("meta") or {}),
+            source_run_id=data.get("source_run_id"),
+            root_run_id=int(data.get("root_run_id") or data["id"]),
+            attempt=int(data.get("attempt") or 1),
+            mode=data.get("mode") or "full",
+            reason=data.get("reason"),
+            counts={**empty_counts(), **(data.get("counts") or count_outcomes(results))},
+            invocation=Invocation.from_dict(dict(inv)),
+            deselected=int(data.get("deselected") or 0),
+            missing=list(data.get("missing") or []),
+            origin=data.get("origin"),
+            pruned_at=parse_iso(data.get("pruned_at")),
+            uid=uid if isinstance(uid, str) else None,
+        )
+        return cls(summary=summary, selection=selection, results=results)
+
+
+def hostname() -> str:
+    """This machine's name (``os.uname`` avoids importing ``socket`` at start-up)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket  # pragma: no cover - Windows
+
+    return socket.gethostname()  # pragma: no cover
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
+
+
+def parse_iso(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp()
+
+
+def process_is_gone(host: str | None, pid: int | None) -> bool:
+    """True when ``pid`` on this host no longer exists (its run can never finish)."""
+    if pid is None or host != hostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False
+    return False
+
+
+def effective_status(
+    status: RunStatus,
+    last_seen_at: float | None,
+    host: str | None,
+    pid: int | None,
+    *,
+    now: float,
+    stale_after: float = DEFAULT_STALE_AFTER,
+) -> RunStatus:
+    """A stored status as readers should see it: a ``running`` run that has not
+    written for ``stale_after`` seconds, or whose process on this host is gone,
+    can never finish and reads ``interrupted``."""
+    if status != "running":
+        return status
+    if last_seen_at is not None and now - last_seen_at > stale_after:
+        return "interrupted"
+    if process_is_gone(host, pid):
+        return "interrupted"
+    return status
+
+
+def new_uid() -> str:
+    return uuid.uuid4().hex
+
+
+def legacy_uid(created_at: float, host: str | None, pid: int | None, run_id: int) -> str:
+    """A stable uid for a run recorded before runs had one (and for such exports)."""
+    return uuid.uuid5(uuid.NAMESPACE_OID, f"pytest-runs:{created_at!r}:{host}:{pid}:{run_id}").hex
+
+
+def results_in_selection_order(
+    selection: Sequence[SelectedTest],
+    stored: Iterable[Result],
+    outcomes: Collection[str] | None = None,
+    reported: Collection[int] = (),
+) -> list[Result]:
+    """A run's results as the contract returns them: one per selected test, in
+    selection order, ``not_run`` where nothing was stored, then the results
+    outside the selection.
+
+    With ``outcomes``, only those outcomes (``stored`` is already filtered; a
+    ``not_run`` result is made for each selected position not in ``reported``).
+    """
+    size = len(selection)
+    by_position: dict[int, Result] = {}
+    extras: list[Result] = []
+    for result in stored:
+        if 0 <= result.position < size:
+            by_position[result.position] = result
+        else:
+            extras.append(result)
+    want_not_run = outcomes is None or "not_run" in outcomes
+    results: list[Result] = []
+    for position, test in enumerate(selection):
+        found = by_position.get(position)
+        if found is not None:
+            results.append(found)
+        elif want_not_run and (outcomes is None or position not in reported):
+            results.append(Result(test.nodeid, "not_run", "none", position=position))
+    extras.sort(key=lambda result: result.position)
+    results.extend(extras)
+    return results
+
+
+def counts_from_groups(selection_size: int, groups: Iterable[tuple[str, bool, int]]) -> Counts:
+    """Counts from ``(outcome, inside the selection, number)`` groups of stored
+    results, with ``not_run`` for selected tests without a result."""
+    counts = empty_counts()
+    in_selection = 0
+    for outcome, is_selected, number in groups:
+        counts[outcome] += number
+        if is_selected:
+            in_selection += number
+    counts["not_run"] += selection_size - in_selection
+    return counts
