@@ -13,8 +13,6 @@ import pytest
 import yaml
 
 from pytest_rerun_runs import cli
-from pytest_rerun_runs.store import open_store
-from pytest_rerun_runs.store.sqlite import MIGRATIONS, SCHEMA_VERSION
 from tests.conftest import RunDict, outcomes, run_cli
 
 FLAKY_TWICE = """
@@ -344,6 +342,36 @@ def test_round_trip_export_import_retry_on_another_store(
     assert (retry["source_run_id"], retry["root_run_id"], retry["mode"]) == (1, 1, "failed_only")
 
 
+def test_a_run_file_retried_twice_is_imported_once(
+    mixed: Path, tmp_path: Path, pytester: pytest.Pytester
+) -> None:
+    exported = tmp_path / "run-1.json"
+    cli_ok("--store", str(mixed), "export", "1", "--format", "json", "-o", str(exported))
+    other = tmp_path / "laptop" / "runs.db"
+    for _ in range(2):
+        pytester.runpytest(f"--runs-store={other}", f"--retry-run={exported}", "--failed-only")
+    runs = json.loads(cli_ok("--store", str(other), "list", "--format", "json"))
+    assert [(r["id"], r["source_run_id"], r["attempt"]) for r in runs] == [
+        (3, 1, 2),
+        (2, 1, 2),
+        (1, None, 1),
+    ]
+
+
+def test_a_run_file_is_not_imported_by_a_preview_or_a_refused_retry(
+    mixed: Path, tmp_path: Path, pytester: pytest.Pytester
+) -> None:
+    exported = tmp_path / "run-1.json"
+    cli_ok("--store", str(mixed), "export", "1", "--format", "json", "-o", str(exported))
+    other = tmp_path / "laptop" / "runs.db"
+    preview = pytester.runpytest(f"--runs-store={other}", f"--retry-run={exported}", "--co")
+    assert preview.ret == pytest.ExitCode.OK
+    (pytester.path / "test_m.py").write_text("def test_renamed(): pass\n")
+    refused = pytester.runpytest(f"--runs-store={other}", f"--retry-run={exported}")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    assert not other.parent.exists()
+
+
 def test_import_gives_a_new_id_and_keeps_provenance(mixed: Path, tmp_path: Path) -> None:
     exported = tmp_path / "run.yaml"
     other = tmp_path / "other.db"
@@ -465,45 +493,6 @@ def test_prune_older_than(three_runs: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 # -- the schema moves forward -----------------------------------------------------------------
-
-
-def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    connection = sqlite3.connect(path, isolation_level=None)
-    connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    connection.execute("INSERT INTO schema_version VALUES (1)")
-    for statement in MIGRATIONS[0].split(";\n"):
-        if statement.strip():
-            connection.execute(statement + (";" if "END" in statement[-5:] else ""))
-    connection.execute(
-        "INSERT INTO runs (status, created_at, invocation, finished_at, root_run_id, counts)"
-        " VALUES ('passed', 1.0, ?, 2.0, 1, '{}')",
-        (
-            json.dumps(
-                {
-                    "args": [],
-                    "invocation_dir": ".",
-                    "rootdir": ".",
-                    "inifile": None,
-                    "python": "3",
-                    "pytest": "8",
-                    "platform": "x",
-                    "host": "h",
-                    "pid": 1,
-                }
-            ),
-        ),
-    )
-    connection.close()
-    store = open_store(str(path))
-    try:
-        summary = store.get_summary(1)
-        assert (summary.status, summary.origin, summary.pruned_at) == ("passed", None, None)
-    finally:
-        store.close()
-    connection = sqlite3.connect(path)
-    assert connection.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
-    connection.close()
 
 
 # -- presentation -------------------------------------------------------------------------

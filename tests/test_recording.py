@@ -518,3 +518,37 @@ def test_duplicated_node_ids_each_get_their_result(
     assert len(run["selection"]) == 4
     assert [r["outcome"] for r in run["results"]] == ["passed", "failed", "passed", "failed"]
     assert run["counts"]["not_run"] == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "postgresql://ci:pw@db/runs",
+            "ERROR: --runs-store: postgresql://ci:***@db/runs: postgresql:// stores need the"
+            " [postgres] extra: pip install 'pytest-rerun-runs[postgres]'",
+        ),
+        ("foo://bar", "ERROR: --runs-store: foo://bar: unknown store scheme foo://"),
+        ("file:///x.db", "ERROR: --runs-store: file:///x.db: unknown store scheme file://"),
+    ],
+)
+def test_a_store_url_no_backend_serves_is_a_usage_error(
+    pytester: pytest.Pytester, url: str, message: str
+) -> None:
+    pytester.makepyfile("def test_a(): pass\n")
+    result = pytester.runpytest(f"--runs-store={url}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines[0].startswith(message)
+    assert "pw" not in result.stderr.str()
+    assert sorted(p.name for p in pytester.path.iterdir()) == [
+        "test_a_store_url_no_backend_serves_is_a_usage_error.py"
+    ]
+
+
+def test_credentials_in_recorded_arguments_are_redacted(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makeconftest("def pytest_addoption(parser):\n    parser.addoption('--db-url')\n")
+    pytester.makepyfile("def test_a(): pass\n")
+    pytester.runpytest("--db-url=postgresql://ci:s3cret@db/app")
+    assert show()["invocation"]["args"][0] == "--db-url=postgresql://ci:***@db/app"

@@ -1,0 +1,101 @@
+"""The SQLite backend's schema: released migrations are frozen, old stores upgrade in place."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from pytest_rerun_runs.store import open_store
+from pytest_rerun_runs.store.sqlite import MIGRATIONS, SCHEMA_VERSION
+
+DATA = Path(__file__).parent / "data"
+#: The schema as each released version left it, checked in as SQL text.
+RELEASED = [DATA / "schema_v1.sql", DATA / "schema_v2.sql"]
+
+INVOCATION = json.dumps(
+    {
+        "args": [],
+        "invocation_dir": ".",
+        "rootdir": ".",
+        "inifile": None,
+        "python": "3",
+        "pytest": "8",
+        "platform": "x",
+        "host": "h",
+        "pid": 1,
+    }
+)
+
+
+def words(sql: str) -> list[str]:
+    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+    return " ".join(lines).split()
+
+
+@pytest.mark.parametrize("number", range(len(RELEASED)))
+def test_released_migrations_are_never_edited(number: int) -> None:
+    assert words(MIGRATIONS[number]) == words(RELEASED[number].read_text())
+
+
+def old_store(path: Path, version: int) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    connection.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    for script in RELEASED[:version]:
+        connection.executescript(script.read_text())
+    return connection
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_store_is_migrated_in_place(tmp_path: Path, version: int) -> None:
+    path = tmp_path / "old.db"
+    connection = old_store(path, version)
+    connection.execute(
+        "INSERT INTO runs (status, created_at, invocation, finished_at, root_run_id, counts)"
+        " VALUES ('passed', 1.0, ?, 2.0, 1, '{}')",
+        (INVOCATION,),
+    )
+    # A run whose session was killed long ago: never finished.
+    connection.execute(
+        "INSERT INTO runs (status, created_at, started_at, invocation, host, pid, root_run_id)"
+        " VALUES ('running', 1.0, 1.0, ?, 'elsewhere', 1, 2)",
+        (INVOCATION,),
+    )
+    connection.close()
+    store = open_store(str(path))
+    try:
+        finished = store.get_summary(1)
+        assert (finished.status, finished.origin, finished.pruned_at) == ("passed", None, None)
+        assert finished.uid is not None
+        assert finished.uid == store.get_summary(1).uid
+        assert store.get_summary(2).status == "interrupted"
+        assert store.latest_run_id(finished=True) == 2
+    finally:
+        store.close()
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute("SELECT version FROM schema_version").fetchone() == (
+            SCHEMA_VERSION,
+        )
+        with pytest.raises(sqlite3.IntegrityError, match="a finished run cannot be changed"):
+            connection.execute(
+                "INSERT OR REPLACE INTO runs (id, status, created_at, invocation)"
+                " VALUES (1, 'failed', 1.0, '{}')"
+            )
+    finally:
+        connection.close()
+
+
+def test_a_store_of_a_newer_schema_is_not_touched(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    connection = old_store(path, 1)
+    connection.execute("UPDATE schema_version SET version = 99")
+    connection.close()
+    before = path.read_bytes()
+    with pytest.raises(Exception, match="newer pytest-rerun-runs"):
+        open_store(str(path))
+    assert path.read_bytes() == before
+    assert not Path(f"{path}-wal").exists()

@@ -1,0 +1,358 @@
+"""The store contract: every backend must pass this module.
+
+Backends are the parameters of the ``backend`` fixture; each gives a store URL
+on a fresh store, and a way to run raw SQL as another program would (to prove
+that finished runs are immutable in the database itself).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pytest_rerun_runs.store import (
+    AlreadyClaimed,
+    ConflictingSelection,
+    InvalidResult,
+    NotQueued,
+    Result,
+    Run,
+    RunFinish,
+    RunFinished,
+    RunNotFound,
+    RunStore,
+    SelectedTest,
+    Selection,
+    hostname,
+    open_store,
+)
+from tests.conftest import make_invocation, make_new_run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Backend:
+    url: str
+    #: Runs one SQL statement on its own connection, as any other client could.
+    execute_sql: Callable[[str], None]
+
+
+def _sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
+    path = tmp_path / "runs.db"
+
+    def execute_sql(statement: str) -> None:
+        connection = sqlite3.connect(path, isolation_level=None)
+        try:
+            connection.execute(statement)
+        finally:
+            connection.close()
+
+    yield Backend(str(path), execute_sql)
+
+
+BACKENDS = {"sqlite": _sqlite_backend}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from BACKENDS[request.param](tmp_path)
+
+
+@pytest.fixture
+def store(backend: Backend) -> Iterator[RunStore]:
+    opened = open_store(backend.url)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def other_store(backend: Backend, store: RunStore) -> Iterator[RunStore]:
+    """A second, independent store object on the same store."""
+    opened = open_store(backend.url)
+    yield opened
+    opened.close()
+
+
+ABC = Selection([SelectedTest(f"t.py::{name}", "t.py") for name in "abc"])
+
+
+def outcomes_of(run: Run) -> list[tuple[str, str]]:
+    return [(r.nodeid, r.outcome) for r in run.results]
+
+
+# -- creating ----------------------------------------------------------------------
+
+
+def test_creating_a_run_twice_returns_the_same_run(store: RunStore, other_store: RunStore) -> None:
+    new_run = make_new_run()
+    first = store.create_run(new_run, ABC)
+    assert store.create_run(new_run, ABC) == first
+    assert other_store.create_run(new_run, ABC) == first
+    assert [s.id for s in store.list_runs()] == [first]
+    assert store.find_run(new_run.uid) == first
+
+
+def test_a_uid_with_another_selection_is_a_conflict(store: RunStore) -> None:
+    new_run = make_new_run()
+    run_id = store.create_run(new_run, ABC)
+    with pytest.raises(ConflictingSelection) as raised:
+        store.create_run(new_run, Selection(ABC.tests[:2]))
+    assert raised.value.code == "conflicting_selection"
+    assert raised.value.details == {"run_id": run_id}
+
+
+def test_run_ids_are_distinct_and_increase(store: RunStore, other_store: RunStore) -> None:
+    ids = [s.create_run(make_new_run(), ABC) for s in (store, other_store, store)]
+    assert ids == sorted(set(ids))
+
+
+# -- results by position -------------------------------------------------------------
+
+
+def test_results_land_at_their_position_from_any_store_object(
+    store: RunStore, other_store: RunStore
+) -> None:
+    run_id = store.create_run(make_new_run(), ABC)
+    other_store.finish_run(
+        run_id, RunFinish(1, 2.0), [Result("t.py::c", "failed", "call", position=2)]
+    )
+    assert outcomes_of(store.get_run(run_id)) == [
+        ("t.py::a", "not_run"),
+        ("t.py::b", "not_run"),
+        ("t.py::c", "failed"),
+    ]
+
+
+def test_a_batch_sent_twice_is_stored_once(store: RunStore, other_store: RunStore) -> None:
+    run_id = store.create_run(make_new_run(), ABC)
+    batch = [
+        Result("t.py::a", "passed", "call", position=0),
+        Result("t.py::b", "failed", "call", position=1),
+    ]
+    store.append_results(run_id, batch)
+    other_store.append_results(run_id, batch)
+    store.finish_run(run_id, RunFinish(1, 2.0), batch)
+    store.finish_run(run_id, RunFinish(1, 2.0), batch)
+    run = store.get_run(run_id)
+    assert outcomes_of(run) == [
+        ("t.py::a", "passed"),
+        ("t.py::b", "failed"),
+        ("t.py::c", "not_run"),
+    ]
+    assert (run.summary.counts["passed"], run.summary.counts["failed"]) == (1, 1)
+    assert run.summary.counts["not_run"] == 1
+
+
+def test_duplicated_node_ids_keep_a_result_each(store: RunStore) -> None:
+    twice = Selection([SelectedTest("t.py::a", "t.py"), SelectedTest("t.py::a", "t.py")])
+    run_id = store.create_run(make_new_run(), twice)
+    store.finish_run(
+        run_id,
+        RunFinish(1, 2.0),
+        [
+            Result("t.py::a", "passed", "call", position=0),
+            Result("t.py::a", "failed", "call", position=1),
+        ],
+    )
+    assert outcomes_of(store.get_run(run_id)) == [("t.py::a", "passed"), ("t.py::a", "failed")]
+
+
+def test_results_outside_the_selection_come_after_it(store: RunStore) -> None:
+    run_id = store.create_run(make_new_run(), ABC)
+    store.finish_run(
+        run_id,
+        RunFinish(2, 2.0),
+        [
+            Result("broken.py", "error", "collect", file="broken.py", position=4),
+            Result("t.py::a", "passed", "call", position=0),
+            Result("gone.py", "error", "collect", file="gone.py", position=3),
+        ],
+    )
+    run = store.get_run(run_id)
+    assert outcomes_of(run)[3:] == [("gone.py", "error"), ("broken.py", "error")]
+    assert [r.nodeid for r in store.get_run(run_id, {"error", "not_run"}).results] == [
+        "t.py::b",
+        "t.py::c",
+        "gone.py",
+        "broken.py",
+    ]
+
+
+def test_a_result_without_a_position_is_refused(store: RunStore) -> None:
+    run_id = store.create_run(make_new_run(), ABC)
+    with pytest.raises(InvalidResult):
+        store.append_results(run_id, [Result("t.py::a", "passed", "call")])
+
+
+# -- finishing and immutability ---------------------------------------------------------
+
+
+def test_a_finished_run_refuses_new_results(store: RunStore) -> None:
+    run_id = store.create_run(make_new_run(), ABC)
+    store.finish_run(run_id, RunFinish(0, 2.0), [Result("t.py::a", "passed", "call", position=0)])
+    with pytest.raises(RunFinished) as raised:
+        store.append_results(run_id, [Result("t.py::b", "failed", "call", position=1)])
+    assert raised.value.code == "run_finished"
+    store.finish_run(run_id, RunFinish(1, 3.0))
+    summary = store.get_summary(run_id)
+    assert (summary.status, summary.exit_status, summary.finished_at) == ("passed", 0, 2.0)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE runs SET status = 'failed' WHERE id = 1",
+        "UPDATE runs SET uid = 'x' WHERE id = 1",
+        "DELETE FROM runs WHERE id = 1",
+        "INSERT OR REPLACE INTO runs (id, status, created_at, invocation)"
+        " VALUES (1, 'failed', 1.0, '{}')",
+        "REPLACE INTO runs (id, uid, status, created_at, invocation)"
+        " SELECT 9, uid, 'failed', 1.0, '{}' FROM runs WHERE id = 1",
+        "UPDATE results SET outcome = 1",
+        "DELETE FROM results",
+        "INSERT INTO results VALUES (1, 2, 0, 1, 0, 0, 0, NULL, NULL, 0, NULL, NULL)",
+        "INSERT OR REPLACE INTO results VALUES (1, 0, 1, 1, 0, 0, 0, NULL, NULL, 0, NULL, NULL)",
+    ],
+)
+def test_finished_runs_are_immutable_against_any_sql(
+    backend: Backend, store: RunStore, statement: str
+) -> None:
+    run_id = store.create_run(make_new_run(), ABC)
+    store.finish_run(run_id, RunFinish(0, 2.0), [Result("t.py::a", "passed", "call", position=0)])
+    before = store.get_run(run_id)
+    with pytest.raises(Exception, match="a finished run cannot be changed"):
+        backend.execute_sql(statement)
+    after = store.get_run(run_id)
+    assert (after.summary, after.results) == (before.summary, before.results)
+
+
+# -- claims -------------------------------------------------------------------------------
+
+
+def queued(store: RunStore) -> int:
+    return store.create_run(
+        make_new_run(status="queued", plan={"tests": [["t.py::a", "t.py"]]}), ABC
+    )
+
+
+def test_a_queued_run_holds_its_plan_until_claimed(store: RunStore) -> None:
+    run_id = queued(store)
+    summary = store.get_summary(run_id)
+    assert (summary.status, summary.plan) == ("queued", {"tests": [["t.py::a", "t.py"]]})
+    assert store.latest_run_id(finished=True) is None
+    claimed = store.claim_run(run_id, make_invocation(host="ci-7"), 5.0)
+    assert (claimed.status, claimed.invocation.host, claimed.started_at) == ("running", "ci-7", 5.0)
+
+
+def test_a_second_claim_fails(store: RunStore, other_store: RunStore) -> None:
+    run_id = queued(store)
+    store.claim_run(run_id, make_invocation(host="ci-1"), 5.0)
+    with pytest.raises(AlreadyClaimed) as raised:
+        other_store.claim_run(run_id, make_invocation(host="ci-2"), 6.0)
+    assert raised.value.code == "already_claimed"
+    assert raised.value.details["host"] == "ci-1"
+    assert "ci-1" in raised.value.message
+
+
+def test_only_queued_runs_can_be_claimed(store: RunStore) -> None:
+    with pytest.raises(NotQueued):
+        store.claim_run(store.create_run(make_new_run(), ABC), make_invocation(), 1.0)
+    with pytest.raises(RunNotFound):
+        store.claim_run(999, make_invocation(), 1.0)
+
+
+CLAIM = """
+import sys
+from pytest_rerun_runs.store import AlreadyClaimed, open_store
+from tests.conftest import make_invocation
+store = open_store(sys.argv[1])
+try:
+    store.claim_run(int(sys.argv[2]), make_invocation(host=sys.argv[3]), 1.0)
+    print("claimed")
+except AlreadyClaimed:
+    print("refused")
+finally:
+    store.close()
+"""
+
+
+def test_racing_processes_claim_a_run_once(backend: Backend, store: RunStore) -> None:
+    run_id = queued(store)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIM, backend.url, str(run_id), f"ci-{number}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for number in range(4)
+    ]
+    answers = sorted(process.communicate(timeout=60)[0].strip() for process in processes)
+    assert answers == ["claimed", "refused", "refused", "refused"]
+    assert store.get_summary(run_id).status == "running"
+
+
+# -- liveness ---------------------------------------------------------------------------
+
+
+def test_a_run_not_seen_for_longer_than_the_threshold_reads_interrupted(
+    backend: Backend, store: RunStore
+) -> None:
+    # On another host the pid says nothing: only the last write does.
+    run_id = store.create_run(make_new_run(host="elsewhere"), ABC)
+    assert store.get_summary(run_id).status == "running"
+    assert store.latest_run_id(finished=True) is None
+    impatient = open_store(backend.url, stale_after=0.0)
+    try:
+        assert impatient.get_summary(run_id).status == "interrupted"
+        assert impatient.latest_run_id(finished=True) == run_id
+    finally:
+        impatient.close()
+
+
+def test_a_run_of_a_vanished_process_on_this_host_reads_interrupted(store: RunStore) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    run_id = store.create_run(make_new_run(pid=int(gone.stdout), host=hostname()), ABC)
+    assert store.get_summary(run_id).status == "interrupted"
+    assert store.latest_run_id(finished=True) == run_id
+
+
+# -- imports ----------------------------------------------------------------------------
+
+
+def test_importing_a_run_twice_gives_one_run(store: RunStore, other_store: RunStore) -> None:
+    run_id = store.create_run(make_new_run(), ABC)
+    store.finish_run(run_id, RunFinish(1, 2.0), [Result("t.py::b", "failed", "call", position=1)])
+    exported = store.get_run(run_id)
+    data = json.loads(json.dumps(exported.to_dict()))
+    data["id"] = 41
+    copy = Run.from_dict(data)
+    assert store.import_run(copy, {"run_id": 41}) == run_id
+    assert other_store.import_run(copy, {"run_id": 41}) == run_id
+    assert len(store.list_runs()) == 1
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def test_errors_carry_stable_codes(store: RunStore) -> None:
+    with pytest.raises(RunNotFound) as raised:
+        store.get_run(5)
+    assert raised.value.to_dict() == {
+        "code": "run_not_found",
+        "message": f"run 5 not found in {store.location} (it holds no runs)",
+        "details": {"run_id": 5},
+    }
