@@ -411,6 +411,8 @@ def test_show_text(two_runs: Path) -> None:
             "expected a run id (a positive number), 'last', got '99999999999999999999'",
         ),
         (["list", "--limit", "0"], "argument --limit: expected a positive whole number, got '0'"),
+        (["--store", "foo://x", "list"], "foo://x: unknown store scheme foo://"),
+        (["--store", "https://u:tok@h", "list"], "https://u:***@h: https:// stores are not"),
     ],
 )
 def test_cli_errors_are_one_line_exit_4(

@@ -300,6 +300,40 @@ def test_racing_processes_claim_a_run_once(backend: Backend, store: RunStore) ->
     assert store.get_summary(run_id).status == "running"
 
 
+APPEND = """
+import sys
+from pytest_rerun_runs.store import Result, open_store
+store = open_store(sys.argv[1])
+try:
+    run_id, first, last = map(int, sys.argv[2:5])
+    for position in range(first, last, 10):
+        batch = range(position, min(position + 10, last))
+        results = [Result(f"t.py::{p}", "passed", "call", position=p) for p in batch]
+        store.append_results(run_id, results)
+finally:
+    store.close()
+"""
+
+
+def test_two_processes_writing_overlapping_batches_store_each_result_once(
+    backend: Backend, store: RunStore
+) -> None:
+    tests = Selection([SelectedTest(f"t.py::{p}", "t.py") for p in range(100)])
+    run_id = store.create_run(make_new_run(), tests)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", APPEND, backend.url, str(run_id), *bounds], cwd=ROOT
+        )
+        for bounds in (("0", "60"), ("40", "100"))
+    ]
+    assert [process.wait(timeout=60) for process in processes] == [0, 0]
+    store.finish_run(run_id, RunFinish(0, 2.0))
+    run = store.get_run(run_id)
+    assert [r.nodeid for r in run.results] == [t.nodeid for t in tests.tests]
+    assert run.summary.counts["passed"] == 100
+    assert run.summary.counts["not_run"] == 0
+
+
 # -- liveness ---------------------------------------------------------------------------
 
 
