@@ -345,8 +345,8 @@ def planning(peers: Path, tests: int, runs: int, repeat: int) -> str:
     code = f"""
 import sqlite3, statistics, time
 from pathlib import Path
-from pytest_rerun_runs.planner import RETRY_SOURCE_OUTCOMES, plan_retry
-from pytest_rerun_runs.store import open_store
+from pytest_rerun_runs.planner import plan_retry
+from pytest_rerun_runs.store import RETRY_OUTCOMES, open_store
 source = Path({str(WORK / "out" / "retry-source.db")!r})
 big = Path({str(WORK / f"planning-{runs}-{tests}.db")!r})
 if not big.exists():
@@ -373,7 +373,7 @@ samples = []
 for _ in range({repeat}):
     start = time.perf_counter()
     store = open_store(str(big), create=False)
-    plan_retry(store.get_run({runs} // 2, RETRY_SOURCE_OUTCOMES), failed_only=True)
+    plan_retry(store.get_run({runs} // 2, RETRY_OUTCOMES), failed_only=True)
     store.close()
     samples.append(time.perf_counter() - start)
 print(statistics.median(samples))
