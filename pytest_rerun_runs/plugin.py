@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_rerun_runs import locate
-from pytest_rerun_runs.store import DEFAULT_STALE_AFTER, RunsError, backend_for, redact_url
+from pytest_rerun_runs.store import (
+    DEFAULT_STALE_AFTER,
+    RunsError,
+    backend_for,
+    clean_text,
+    redact_url,
+)
 
 if TYPE_CHECKING:
     from pytest_rerun_runs.collection import RetryState
@@ -163,11 +169,12 @@ def recording_options(config: pytest.Config) -> RecordingOptions:
         backend_for(location)
     except RunsError as exc:
         raise pytest.UsageError(f"--runs-store: {exc}") from None
+    label: str | None = config.getoption("run_label")
     return RecordingOptions(
         store_location=location,
         default_store=default,
         display_location=redact_url(locate.display_path(location, invocation_dir)),
-        label=config.getoption("run_label"),
+        label=None if label is None else clean_text(label),
         meta=parse_meta(config.getoption("run_meta")),
         flush_interval=parse_seconds(config, "runs_flush_interval", 1.0),
         stale_after=parse_seconds(config, "runs_stale_after", DEFAULT_STALE_AFTER),
@@ -262,7 +269,7 @@ def parse_meta(values: list[str]) -> dict[str, str]:
         key, sep, text = value.partition("=")
         if not sep or not key.strip():
             raise pytest.UsageError(f"--run-meta expects KEY=VALUE, got {value!r}")
-        meta[key.strip()] = text
+        meta[clean_text(key.strip())] = clean_text(text)
     return meta
 
 

@@ -21,6 +21,7 @@ from pytest_rerun_runs.store import (
     RunFinish,
     RunStore,
     Selection,
+    clean_text,
     empty_counts,
 )
 
@@ -32,6 +33,7 @@ FLUSH_INTERVAL = 1.0
 
 
 def cap_longrepr(text: str) -> str:
+    text = clean_text(text)
     if len(text) <= LONGREPR_LIMIT:
         return text
     half = LONGREPR_LIMIT // 2
@@ -150,7 +152,15 @@ class Recorder:
     # -- reports ----------------------------------------------------------------
 
     def add_test_report(self, report: pytest.TestReport) -> None:
-        nodeid = report.nodeid
+        if self.disabled:
+            return
+        try:
+            self._add_test_report(report)
+        except Exception as exc:  # never let recording break the session
+            self._fail(exc)
+
+    def _add_test_report(self, report: pytest.TestReport) -> None:
+        nodeid = clean_text(report.nodeid)
         when = report.when
         outcome: str = report.outcome
         # The attribute pytest's skipping plugin sets; a dict lookup is much
@@ -220,6 +230,14 @@ class Recorder:
             )
 
     def add_collect_report(self, report: pytest.CollectReport) -> None:
+        if self.disabled:
+            return
+        try:
+            self._add_collect_report(report)
+        except Exception as exc:  # never let recording break the session
+            self._fail(exc)
+
+    def _add_collect_report(self, report: pytest.CollectReport) -> None:
         if report.failed:
             outcome: Outcome = "error"
             text = report.longreprtext
@@ -228,14 +246,15 @@ class Recorder:
             text = skip_reason(report)
         else:
             return
+        nodeid = clean_text(report.nodeid)
         self._add(
             Result(
-                nodeid=report.nodeid,
+                nodeid=nodeid,
                 outcome=outcome,
                 when="collect",
                 longrepr=cap_longrepr(text),
-                file=report.nodeid.split("::")[0],
-                position=self._position(report.nodeid) if self.run_id is not None else -1,
+                file=nodeid.split("::")[0],
+                position=self._position(nodeid) if self.run_id is not None else -1,
             )
         )
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +33,7 @@ from pytest_rerun_runs.store import (
     RunStore,
     SelectedTest,
     Selection,
+    clean_text,
     counts_text,
     hostname,
     new_uid,
@@ -87,11 +87,12 @@ def session_invocation(config: pytest.Config) -> Invocation:
     uname = os.uname() if hasattr(os, "uname") else None
     platform_name = f"{uname.sysname}-{uname.release}-{uname.machine}" if uname else sys.platform
     workers = getattr(config.option, "numprocesses", None)
+    seed = getattr(config.option, "randomly_seed", None)
     return Invocation(
-        args=[redact_url(str(arg)) for arg in config.invocation_params.args],
-        invocation_dir=str(config.invocation_params.dir),
-        rootdir=str(config.rootpath),
-        inifile=str(config.inipath) if config.inipath else None,
+        args=[clean_text(redact_url(str(arg))) for arg in config.invocation_params.args],
+        invocation_dir=clean_text(str(config.invocation_params.dir)),
+        rootdir=clean_text(str(config.rootpath)),
+        inifile=clean_text(str(config.inipath)) if config.inipath else None,
         python=".".join(map(str, sys.version_info[:3])),
         pytest=pytest.__version__,
         platform=platform_name,
@@ -100,7 +101,8 @@ def session_invocation(config: pytest.Config) -> Invocation:
         plugins=plugin_distributions(config),
         workers=workers if isinstance(workers, int) else None,
         git=git_info(config.rootpath),
-        ci=ci_info(),
+        ci={key: clean_text(value) for key, value in ci_info().items()},
+        randomly_seed=seed if isinstance(seed, int) else None,
     )
 
 
@@ -122,6 +124,7 @@ class RecordingPlugin:
         self.created_at = time.time()
         self.deselected = 0
         self.selection: list[SelectedTest] | None = None
+        self.collected = False
         self.warnings: list[str] = []
         self.worker_output_seen = False
         self.missing: list[str] = []
@@ -160,21 +163,8 @@ class RecordingPlugin:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.created_at = time.time()
 
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_collection_modifyitems(
-        self, session: pytest.Session, items: list[pytest.Item]
-    ) -> Generator[None]:
-        yield
-        rootdir = str(self.config.rootpath)
-        files: dict[Any, str] = {}
-        selection = []
-        for item in items:
-            path = item.path
-            file = files.get(path)
-            if file is None:
-                file = files[path] = relative_file(path, rootdir)
-            selection.append(SelectedTest(item.nodeid, file))
-        self.selection = selection
+    def pytest_collection_modifyitems(self) -> None:
+        self.collected = True  # collection got as far as selecting items
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected += len(items)
@@ -185,13 +175,26 @@ class RecordingPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # What pytest will run, in its order, exists only now: every plugin's
+        # pytest_collection_modifyitems (--lf, --ff, --sw, -k, pytest-randomly,
+        # wrappers whose code after yield runs after ours) is done.
         retry = self.retry
         if retry is not None:
             if retry.aborted:
                 return
             self.missing = retry.missing
-        if self.selection is not None or self.recorder.has_pending_results:
-            self._start(self.selection or [])
+        if not self.collected and not self.recorder.has_pending_results:
+            return  # a usage error before anything was collected: nothing to record
+        rootdir = str(self.config.rootpath)
+        files: dict[Any, str] = {}
+        selection = []
+        for item in session.items:
+            path = item.path
+            file = files.get(path)
+            if file is None:
+                file = files[path] = clean_text(relative_file(path, rootdir))
+            selection.append(SelectedTest(clean_text(item.nodeid), file))
+        self._start(selection)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
@@ -199,7 +202,8 @@ class RecordingPlugin:
             return
         # Under xdist the controller only learns node ids; the file of a node id
         # is the part before its first "::", as pytest builds node ids.
-        self._start([SelectedTest(nodeid, nodeid.split("::")[0]) for nodeid in ids])
+        cleaned = [clean_text(nodeid) for nodeid in ids]
+        self._start([SelectedTest(nodeid, nodeid.split("::")[0]) for nodeid in cleaned])
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             for line in self._start_lines():
@@ -283,6 +287,14 @@ class RecordingPlugin:
                 f" {plan.source_size:,} tests, attempt {plan.attempt}"
             )
             lines.extend(f"rerun-runs: {note}" for note in self.options.notes)
+            seed = getattr(self.config.option, "randomly_seed", None)
+            if plan.order == "recorded" and seed is not None:
+                recorded = source.run.summary.invocation.randomly_seed
+                was = f"with seed {recorded}" if recorded is not None else "without it"
+                lines.append(
+                    f"rerun-runs: keeping {source.describe()}'s recorded order (pytest-randomly's"
+                    f" seed {seed} reorders nothing; {source.describe()} was recorded {was})"
+                )
         if self.missing:
             lines.append(self._missing_line())
         if self.recorder.run_id is not None:

@@ -24,8 +24,22 @@ RunDict = dict[str, Any]
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads a store or CI identity it did not make."""
     monkeypatch.delenv(ENV_VAR, raising=False)
+    # pytest-randomly is installed for the tests that are about it (they pass
+    # "-p randomly"); everywhere else the order of a session is fixed.
+    monkeypatch.setenv("PYTEST_ADDOPTS", RANDOMLY_OFF)
     for marker, *_ in CI_PROVIDERS.values():
         monkeypatch.delenv(marker, raising=False)
+
+
+RANDOMLY_OFF = "-p no:randomly"
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytester, with pytest-randomly off unless a test passes ``-p randomly``
+    (pytester itself clears PYTEST_ADDOPTS when it starts)."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", RANDOMLY_OFF)
+    return pytester
 
 
 @pytest.fixture

@@ -88,6 +88,8 @@ class Invocation:
     workers: int | None = None
     git: GitInfo = field(default_factory=GitInfo)
     ci: dict[str, str] = field(default_factory=dict)
+    #: pytest-randomly's seed, when it was active.
+    randomly_seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -298,6 +300,7 @@ class Run:
                 "workers": inv.workers,
                 "git": {"branch": inv.git.branch, "commit": inv.git.commit},
                 "ci": dict(inv.ci),
+                "randomly_seed": inv.randomly_seed,
             },
             "selection": [test.nodeid for test in self.selection],
             "deselected": s.deselected,
@@ -402,6 +405,18 @@ def process_is_gone(host: str | None, pid: int | None) -> bool:
     except (PermissionError, OSError):
         return False
     return False
+
+
+def clean_text(text: str) -> str:
+    """``text`` as valid UTF-8: lone surrogates (from tests, ids or a non-UTF-8 argv)
+    become visible escapes instead of errors in every writer downstream."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def effective_status(
