@@ -28,6 +28,7 @@ from pytest_rerun_runs.retry_source import (
     run_reference_argument,
 )
 from pytest_rerun_runs.store import (
+    DEFAULT_STALE_AFTER,
     RETRY_OUTCOMES,
     InputsNotRetained,
     Run,
@@ -194,14 +195,35 @@ def _positive_int(text: str) -> int:
 
 
 def store_location(option: str | None, cwd: Path | None = None) -> str:
+    """The store a command reads: as pytest would find it from here, or the
+    nearest ancestor's ``.pytest_runs/runs.db`` when that default does not exist."""
     cwd = cwd or Path.cwd()
-    rootdir, ini = locate.find_rootdir(cwd)
-    location, _ = locate.resolve_store(option, ini, cwd, rootdir)
+    rootdir, settings = locate.find_rootdir(cwd)
+    location, default = locate.resolve_store(option, settings.get(locate.INI_NAME), cwd, rootdir)
+    if default and not Path(location).exists():
+        nearest = locate.nearest_store(cwd)
+        if nearest is not None:
+            return str(nearest)
     return location
 
 
+def stale_after(cwd: Path | None = None) -> float:
+    """The ``runs_stale_after`` ini setting of the project here."""
+    _, settings = locate.find_rootdir(cwd or Path.cwd())
+    text = settings.get("runs_stale_after")
+    if text is None:
+        return DEFAULT_STALE_AFTER
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise CommandError(f"runs_stale_after expects seconds > 0, got {text!r}")
+    return value
+
+
 def open_existing_store(option: str | None) -> RunStore:
-    return open_store(store_location(option), create=False)
+    return open_store(store_location(option), create=False, stale_after=stale_after())
 
 
 def parse_run_id(reference: RunReference, store: RunStore) -> int:

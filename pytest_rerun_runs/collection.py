@@ -34,6 +34,19 @@ class RetryState:
 retry_state_key = pytest.StashKey[RetryState]()
 
 
+def retry_finds_anything(state: RetryState, nodeids: list[str]) -> bool:
+    """Whether any of ``nodeids`` belongs to the plan."""
+    rank = PlanMatcher(state.plan.tests, state.plan.collectors).rank
+    return any(rank(nodeid) is not None for nodeid in nodeids)
+
+
+def nothing_planned_exists(state: RetryState) -> str:
+    return (
+        f"none of the {len(state.plan.tests)} planned tests exist any more"
+        f" (not found: {summarize(state.missing)})"
+    )
+
+
 def user_gave_paths(config: pytest.Config) -> bool:
     """Whether the collection arguments came from the command line (or addopts)."""
     return bool(config.args_source == pytest.Config.ArgsSource.ARGS)
@@ -90,10 +103,7 @@ class NarrowingPlugin:
         state.missing = self._missing({item.nodeid for item in items})
         if not kept and state.missing and not hasattr(config, "workerinput"):
             state.aborted = True
-            raise pytest.UsageError(
-                f"none of the {len(state.plan.tests)} planned tests exist any more"
-                f" (not found: {summarize(state.missing)})"
-            )
+            raise pytest.UsageError(nothing_planned_exists(state))
         if state.plan.order == "recorded":
             kept.sort(key=lambda entry: (entry[0], entry[1]))
         if dropped:

@@ -61,22 +61,49 @@ def display_path(location: str, invocation_dir: Path) -> str:
         return location
 
 
-def find_rootdir(start: Path) -> tuple[Path, str | None]:
-    """The rootdir pytest would find from ``start`` (without arguments) and the
-    ``runs_store`` ini value found there."""
+#: The ini settings of ours that the CLI reads (it has no pytest session).
+CLI_SETTINGS = (INI_NAME, "runs_stale_after")
+_CONFIG_NAMES = ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
+
+
+def find_rootdir(start: Path) -> tuple[Path, dict[str, str]]:
+    """The rootdir pytest would choose when run from ``start`` without arguments,
+    and our settings in its configuration file.
+
+    As pytest (8.1 and later) does: the first configuration file found upwards
+    (a ``pyproject.toml`` without a pytest table counts only when nothing else
+    is found), else the nearest ``setup.py``, else ``start``.
+    """
+    bare_pyproject: Path | None = None
     for directory in (start, *start.parents):
-        for name in ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg"):
+        for name in _CONFIG_NAMES:
             path = directory / name
             if not path.is_file():
                 continue
-            found, value = _read_ini(path)
+            if name == "pyproject.toml" and bare_pyproject is None:
+                bare_pyproject = directory
+            found, values = _read_ini(path)
             if found:
-                return directory, value
-    return start, None
+                return directory, values
+    if bare_pyproject is not None:
+        return bare_pyproject, {}
+    for directory in (start, *start.parents):
+        if (directory / "setup.py").is_file():
+            return directory, {}
+    return start, {}
 
 
-def _read_ini(path: Path) -> tuple[bool, str | None]:
-    """Whether ``path`` is a pytest configuration file, and its ``runs_store``."""
+def nearest_store(start: Path) -> Path | None:
+    """The default store of the nearest ancestor of ``start`` that has one."""
+    for directory in (start, *start.parents):
+        candidate = directory / DEFAULT_DIR / DEFAULT_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_ini(path: Path) -> tuple[bool, dict[str, str]]:
+    """Whether ``path`` is a pytest configuration file, and our settings in it."""
     import configparser
 
     try:
@@ -88,15 +115,15 @@ def _read_ini(path: Path) -> tuple[bool, str | None]:
             data = tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {})
             section = data.get("pytest")
             if not isinstance(section, dict):
-                return False, None
+                return False, {}
             options = section.get("ini_options", section)
-            value = options.get(INI_NAME)
-            return True, None if value is None else str(value)
+            return True, {k: str(options[k]) for k in CLI_SETTINGS if options.get(k) is not None}
         parser = configparser.ConfigParser(interpolation=None)
         parser.read(path, encoding="utf-8")
     except (OSError, ValueError, configparser.Error):
-        return False, None
+        return False, {}
     section_name = "tool:pytest" if path.name == "setup.cfg" else "pytest"
     if parser.has_section(section_name):
-        return True, parser.get(section_name, INI_NAME, fallback=None)
-    return path.name in ("pytest.ini", ".pytest.ini"), None
+        section = parser[section_name]
+        return True, {k: section[k] for k in CLI_SETTINGS if k in section}
+    return path.name in ("pytest.ini", ".pytest.ini"), {}

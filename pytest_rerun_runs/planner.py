@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pytest_rerun_runs.store import (
+    OPEN_STATUSES,
     RETRY_OUTCOMES,
     InputsNotRetained,
     NothingToRetry,
@@ -93,7 +94,7 @@ def plan_retry(
     summary = source.summary
     if summary.pruned_at is not None:
         raise InputsNotRetained(summary.id)
-    if failed_only and summary.status in ("running", "queued"):
+    if failed_only and summary.status in OPEN_STATUSES:
         inv = summary.invocation
         raise RunInProgress(
             f"run {summary.id} is still running (host {inv.host}, pid {inv.pid}); wait for it"

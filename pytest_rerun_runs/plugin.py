@@ -177,7 +177,9 @@ def recording_options(config: pytest.Config) -> RecordingOptions:
         label=None if label is None else clean_text(label),
         meta=parse_meta(config.getoption("run_meta")),
         flush_interval=parse_seconds(config, "runs_flush_interval", 1.0),
-        stale_after=parse_seconds(config, "runs_stale_after", DEFAULT_STALE_AFTER),
+        stale_after=parse_seconds(
+            config, "runs_stale_after", DEFAULT_STALE_AFTER, allow_zero=False
+        ),
     )
 
 
@@ -273,8 +275,10 @@ def parse_meta(values: list[str]) -> dict[str, str]:
     return meta
 
 
-def parse_seconds(config: pytest.Config, name: str, default: float) -> float:
-    """The ini setting ``name`` as a finite number of seconds >= 0."""
+def parse_seconds(
+    config: pytest.Config, name: str, default: float, *, allow_zero: bool = True
+) -> float:
+    """The ini setting ``name`` as a finite number of seconds (>= 0, or > 0)."""
     raw = config.getini(name)
     if raw is None or raw == "":
         return default
@@ -283,8 +287,9 @@ def parse_seconds(config: pytest.Config, name: str, default: float) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 <= value < float("inf"):
-        raise pytest.UsageError(f"{name} expects seconds >= 0, got {text!r}")
+    if not 0 <= value < float("inf") or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise pytest.UsageError(f"{name} expects seconds {bound}, got {text!r}")
     return value
 
 

@@ -103,13 +103,17 @@ class Recorder:
     def started(self) -> bool:
         return self.run_id is not None
 
-    def _position(self, nodeid: str) -> int:
+    def _position(self, nodeid: str) -> int | None:
         """The first free selection position of ``nodeid``, or the next one after
-        the selection for a result outside it."""
-        for position in self._positions.get(nodeid, ()):
-            if position not in self._placed:
-                self._placed.add(position)
-                return position
+        the selection for a result outside it; ``None`` for a second final result
+        of a selected test (the first one stands)."""
+        candidates = self._positions.get(nodeid)
+        if candidates is not None:
+            for position in candidates:
+                if position not in self._placed:
+                    self._placed.add(position)
+                    return position
+            return None
         position = self._next_extra
         self._next_extra += 1
         return position
@@ -138,7 +142,8 @@ class Recorder:
             positions.setdefault(test.nodeid, []).append(position)
         self._positions = positions
         self._selection_size = self._next_extra = len(selection.tests)
-        self._pending = [r._replace(position=self._position(r.nodeid)) for r in self._pending]
+        placed = ((r, self._position(r.nodeid)) for r in self._pending)
+        self._pending = [r._replace(position=p) for r, p in placed if p is not None]
         try:
             self.store = self._open_store()
             self.run_id = self.store.create_run(new_run(self.store), selection)
@@ -211,7 +216,8 @@ class Recorder:
                 return
             del self._progress[nodeid]
             longrepr = progress.longrepr
-            if self.disabled:
+            position = self._position(nodeid) if self.run_id is not None else -1
+            if position is None:
                 return
             self._add(
                 Result(
@@ -225,7 +231,7 @@ class Recorder:
                     None if longrepr is None else cap_longrepr(longrepr),
                     progress.rerun_attempts,
                     None,
-                    self._position(nodeid) if self.run_id is not None else -1,
+                    position,
                 )
             )
 
@@ -247,6 +253,9 @@ class Recorder:
         else:
             return
         nodeid = clean_text(report.nodeid)
+        position = self._position(nodeid) if self.run_id is not None else -1
+        if position is None:
+            return
         self._add(
             Result(
                 nodeid=nodeid,
@@ -254,7 +263,7 @@ class Recorder:
                 when="collect",
                 longrepr=cap_longrepr(text),
                 file=nodeid.split("::")[0],
-                position=self._position(nodeid) if self.run_id is not None else -1,
+                position=position,
             )
         )
 

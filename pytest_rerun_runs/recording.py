@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 
 from pytest_rerun_runs import locate
-from pytest_rerun_runs.collection import MISSING_KEY, RetryState, retry_state_key
+from pytest_rerun_runs.collection import (
+    MISSING_KEY,
+    RetryState,
+    nothing_planned_exists,
+    retry_finds_anything,
+    retry_state_key,
+)
 from pytest_rerun_runs.invocation import ci_info, git_info
 from pytest_rerun_runs.planner import retry_mode
 from pytest_rerun_runs.recorder import Recorder, relative_file
@@ -198,7 +204,14 @@ class RecordingPlugin:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
-        if self.recorder.started or self.recorder.disabled:
+        retry = self.retry
+        if self.recorder.started or self.recorder.disabled or (retry and retry.aborted):
+            return
+        if retry is not None and not retry_finds_anything(retry, ids):
+            # The workers deselect everything; as without xdist, this is a usage
+            # error and nothing is recorded (the exit code is set at the end).
+            retry.aborted = True
+            retry.missing = [t.nodeid for t in retry.plan.tests]
             return
         # Under xdist the controller only learns node ids; the file of a node id
         # is the part before its first "::", as pytest builds node ids.
@@ -315,6 +328,14 @@ class RecordingPlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         exit_status = int(session.exitstatus)
+        retry = self.retry
+        if retry is not None and retry.aborted:
+            if exit_status != pytest.ExitCode.USAGE_ERROR:  # under xdist
+                session.exitstatus = pytest.ExitCode.USAGE_ERROR
+                sys.stderr.write(f"ERROR: {nothing_planned_exists(retry)}\n")
+            return
+        if exit_status == pytest.ExitCode.USAGE_ERROR and not self.recorder.started:
+            return  # a usage error writes nothing
         if not self.recorder.started and self.recorder.has_pending_results:
             self._start([])
         retrying = self.retry is not None

@@ -525,8 +525,8 @@ def test_duplicated_node_ids_each_get_their_result(
     [
         (
             "postgresql://ci:pw@db/runs",
-            "ERROR: --runs-store: postgresql://ci:***@db/runs: postgresql:// stores need the"
-            " [postgres] extra: pip install 'pytest-rerun-runs[postgres]'",
+            "ERROR: --runs-store: postgresql://ci:***@db/runs: postgresql:// stores are not"
+            " supported by this version of pytest-rerun-runs",
         ),
         ("foo://bar", "ERROR: --runs-store: foo://bar: unknown store scheme foo://"),
         ("file:///x.db", "ERROR: --runs-store: file:///x.db: unknown store scheme file://"),

@@ -619,3 +619,17 @@ def test_source_is_unchanged_by_every_kind_of_retry(
     assert [p.wait(timeout=120) for p in concurrent] == [1, 1]
     assert show(1) == source
     assert {show(6)["source_run_id"], show(7)["source_run_id"]} == {1}
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]])
+def test_a_retry_that_finds_nothing_writes_nothing_even_with_collection_errors(
+    pytester: pytest.Pytester, store_path: Path, workers: list[str]
+) -> None:
+    pytester.makepyfile(test_a="def test_one(): assert False\n")
+    pytester.runpytest()
+    pytester.makepyfile(test_a="def test_one(:\n")
+    before = store_path.read_bytes()
+    result = pytester.runpytest_subprocess("--retry-run=1", *workers)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *none of the 1 planned tests exist any more*"])
+    assert store_path.read_bytes() == before

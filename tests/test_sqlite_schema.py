@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_rerun_runs.store import open_store
+from pytest_rerun_runs.store import legacy_uid, open_store
 from pytest_rerun_runs.store.sqlite import MIGRATIONS, SCHEMA_VERSION
 
 DATA = Path(__file__).parent / "data"
@@ -70,7 +70,8 @@ def test_an_old_store_is_migrated_in_place(tmp_path: Path, version: int) -> None
         finished = store.get_summary(1)
         assert (finished.status, finished.origin, finished.pruned_at) == ("passed", None, None)
         assert finished.uid is not None
-        assert finished.uid == store.get_summary(1).uid
+        assert finished.uid == legacy_uid(1.0, None, None, 1)
+        assert store.find_run(finished.uid) == 1
         assert store.get_summary(2).status == "interrupted"
         assert store.latest_run_id(finished=True) == 2
     finally:

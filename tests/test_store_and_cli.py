@@ -447,3 +447,38 @@ def test_cli_module_entry_point_lists_every_example() -> None:
     for examples in EXAMPLES.values():
         for example in examples:
             assert f"  {example}\n" in help_text
+
+
+def test_cli_reads_runs_stale_after_from_the_ini(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nruns_stale_after = 0.000001\n")
+    store = open_store(str(pytester.path / ".pytest_runs" / "runs.db"))
+    try:
+        store.create_run(make_new_run(host="another-machine"), Selection([]))
+    finally:
+        store.close()
+    code, out = run_cli("list", "--format", "json", cwd=pytester.path)
+    assert code == 0
+    assert json.loads(out)[0]["status"] == "interrupted"
+
+
+def test_cli_finds_the_store_from_a_subdirectory_of_a_bare_pyproject(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makefile(".toml", pyproject="[project]\nname = 'x'\n")
+    tests = pytester.mkdir("tests")
+    (tests / "test_a.py").write_text("def test_a(): pass\n")
+    pytester.runpytest_subprocess("tests")
+    code, out = run_cli("list", "--format", "json", cwd=tests)
+    assert code == 0
+    assert [run["id"] for run in json.loads(out)] == [1]
+
+
+def test_cli_falls_back_to_the_nearest_store_above(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_a(): pass\n")
+    pytester.runpytest()
+    deep = pytester.mkdir("docs") / "inner"
+    deep.mkdir()
+    (deep / "tox.ini").write_text("[pytest]\n")
+    code, out = run_cli("list", "--format", "json", cwd=deep)
+    assert code == 0
+    assert len(json.loads(out)) == 1

@@ -8,6 +8,7 @@ that finished runs are immutable in the database itself).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pytest_rerun_runs.store import (
     AlreadyClaimed,
     ConflictingSelection,
     InvalidResult,
+    NotClaimed,
     NotQueued,
     Result,
     Run,
@@ -192,6 +194,28 @@ def test_a_result_without_a_position_is_refused(store: RunStore) -> None:
         store.append_results(run_id, [Result("t.py::a", "passed", "call")])
 
 
+def test_a_result_must_fit_its_position(store: RunStore) -> None:
+    run_id = store.create_run(make_new_run(), ABC)
+    with pytest.raises(InvalidResult, match=r"t\.py::c cannot take position 0"):
+        store.append_results(run_id, [Result("t.py::c", "failed", "call", position=0)])
+    with pytest.raises(InvalidResult, match=r"t\.py::b cannot take position 5"):
+        store.append_results(run_id, [Result("t.py::b", "passed", "call", position=5)])
+    assert outcomes_of(store.get_run(run_id)) == [
+        ("t.py::a", "not_run"),
+        ("t.py::b", "not_run"),
+        ("t.py::c", "not_run"),
+    ]
+
+
+def test_a_queued_run_takes_no_results_before_it_is_claimed(store: RunStore) -> None:
+    run_id = queued(store)
+    with pytest.raises(NotClaimed):
+        store.append_results(run_id, [Result("t.py::a", "passed", "call", position=0)])
+    with pytest.raises(NotClaimed):
+        store.finish_run(run_id, RunFinish(0, 2.0))
+    assert store.get_summary(run_id).status == "queued"
+
+
 # -- finishing and immutability ---------------------------------------------------------
 
 
@@ -348,6 +372,16 @@ def test_a_run_not_seen_for_longer_than_the_threshold_reads_interrupted(
     try:
         assert impatient.get_summary(run_id).status == "interrupted"
         assert impatient.latest_run_id(finished=True) == run_id
+    finally:
+        impatient.close()
+
+
+def test_a_live_process_on_this_host_keeps_its_run_running(backend: Backend) -> None:
+    impatient = open_store(backend.url, stale_after=1e-9)
+    try:
+        run_id = impatient.create_run(make_new_run(pid=os.getpid(), host=hostname()), ABC)
+        assert impatient.get_summary(run_id).status == "running"
+        assert impatient.latest_run_id(finished=True) is None
     finally:
         impatient.close()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_rerun_runs.store import UnsupportedStore, open_store, redact_url
+from pytest_rerun_runs.store import BACKENDS, UnsupportedStore, open_store, redact_url
 from pytest_rerun_runs.store.sqlite import SqliteStore
 
 
@@ -19,6 +19,16 @@ from pytest_rerun_runs.store.sqlite import SqliteStore
         ("postgresql://ci@db/runs", "postgresql://ci@db/runs"),
         ("https://h/api?token=abc&x=1", "https://h/api?token=***&x=1"),
         ("postgresql://db/runs?password=pw", "postgresql://db/runs?password=***"),
+        ("https://ghp_SECRET@host/", "https://***@host/"),
+        ("postgresql://ci:p@ss@db/runs", "postgresql://ci:***@db/runs"),
+        (
+            "https://h/x?sslpassword=a&api-key=b&x=1#token=z",
+            "https://h/x?sslpassword=***&api-key=***&x=1#token=***",
+        ),
+        (
+            "https://s3/x?X-Amz-Signature=abc&X-Amz-Date=1",
+            "https://s3/x?X-Amz-Signature=***&X-Amz-Date=1",
+        ),
         ("--runs-store=postgresql://u:p@h/d", "--runs-store=postgresql://u:***@h/d"),
         ("plain/path.db", "plain/path.db"),
     ],
@@ -34,8 +44,8 @@ def test_passwords_and_tokens_are_redacted(url: str, expected: str) -> None:
         ("file:///x.db", "file:///x.db: unknown store scheme file://"),
         (
             "postgresql://ci:pw@db/runs",
-            "postgresql://ci:***@db/runs: postgresql:// stores need the [postgres] extra:"
-            " pip install 'pytest-rerun-runs[postgres]'",
+            "postgresql://ci:***@db/runs: postgresql:// stores are not supported by this"
+            " version of pytest-rerun-runs",
         ),
     ],
 )
@@ -60,3 +70,17 @@ def test_paths_and_sqlite_urls_open_sqlite(tmp_path: Path, form: str) -> None:
         assert store.path == path
     finally:
         store.close()
+
+
+def test_a_backend_whose_dependency_is_missing_names_its_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "fake_backend.py").write_text("import not_installed_driver_x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(BACKENDS, "fakedb", ("fake_backend", "fake"))
+    with pytest.raises(UnsupportedStore) as raised:
+        open_store("fakedb://u:secret@h/d")
+    assert str(raised.value) == (
+        "fakedb://u:***@h/d: fakedb:// stores need the [fake] extra:"
+        " pip install 'pytest-rerun-runs[fake]' (missing: not_installed_driver_x)"
+    )

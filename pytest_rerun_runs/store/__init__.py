@@ -20,6 +20,7 @@ from pytest_rerun_runs.store.errors import (
     InvalidResult,
     InvalidRunFile,
     InvalidRunReference,
+    NotClaimed,
     NothingToRetry,
     NotQueued,
     RunFinished,
@@ -54,6 +55,7 @@ from pytest_rerun_runs.store.model import (
     RunSummary,
     SelectedTest,
     Selection,
+    check_positions,
     clean_text,
     count_outcomes,
     counts_from_groups,
@@ -61,6 +63,7 @@ from pytest_rerun_runs.store.model import (
     effective_status,
     empty_counts,
     hostname,
+    is_settled,
     iso,
     legacy_uid,
     new_uid,
@@ -89,6 +92,7 @@ __all__ = [
     "InvalidRunReference",
     "Invocation",
     "NewRun",
+    "NotClaimed",
     "NotQueued",
     "NothingToRetry",
     "Outcome",
@@ -111,6 +115,7 @@ __all__ = [
     "StoreTooNew",
     "UnsupportedStore",
     "backend_for",
+    "check_positions",
     "clean_text",
     "count_outcomes",
     "counts_from_groups",
@@ -118,6 +123,7 @@ __all__ = [
     "effective_status",
     "empty_counts",
     "hostname",
+    "is_settled",
     "iso",
     "legacy_uid",
     "new_uid",
@@ -214,19 +220,55 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
 }
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
-_SECRET_PARAMETERS = re.compile(
-    r"(?P<key>[?&](?:password|passwd|pwd|token|access_token|api_key|apikey|secret)=)[^&#\s]*",
-    re.IGNORECASE,
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
+_SECRET_NAME = re.compile(
+    r"pass|pwd|token|secret|key|signature|credential|auth|session", re.IGNORECASE
 )
+#: Schemes whose user part alone is a secret (``https://TOKEN@host``).
+_TOKEN_USER_SCHEMES = frozenset({"http", "https"})
+
+
+def _redact_pairs(text: str, separator: str) -> str:
+    pairs = []
+    for pair in text.split(separator):
+        name, equals, value = pair.partition("=")
+        pairs.append(f"{name}=***" if equals and value and _SECRET_NAME.search(name) else pair)
+    return separator.join(pairs)
+
+
+def _redact_one(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    authority_end = len(rest)
+    for mark in "/?#":
+        found = rest.find(mark)
+        if found != -1:
+            authority_end = min(authority_end, found)
+    authority, tail = rest[:authority_end], rest[authority_end:]
+    if "@" in authority:
+        userinfo, host = authority.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        if colon:
+            authority = f"{user}:***@{host}"
+        elif scheme.lower() in _TOKEN_USER_SCHEMES:
+            authority = f"***@{host}"
+    path, question, query = tail.partition("?")
+    if not question:
+        path, hash_mark, fragment = tail.partition("#")
+        return f"{scheme}://{authority}{path}{hash_mark}{_redact_pairs(fragment, '&')}"
+    query, hash_mark, fragment = query.partition("#")
+    return (
+        f"{scheme}://{authority}{path}?{_redact_pairs(query, '&')}"
+        f"{hash_mark}{_redact_pairs(fragment, '&')}"
+    )
 
 
 def redact_url(text: str) -> str:
-    """``text`` with the passwords and tokens of any URL in it replaced by ``***``."""
+    """``text`` with the passwords and tokens of every URL in it replaced by ``***``:
+    ``user:password@``, a token given as the user of an HTTP URL, and query or
+    fragment parameters whose names say they are secret."""
     if "://" not in text:
         return text
-    text = _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
-    return _SECRET_PARAMETERS.sub(r"\g<key>***", text)
+    return _URL.sub(lambda match: _redact_one(match.group(0)), text)
 
 
 def store_scheme(location: str) -> str:
@@ -253,16 +295,17 @@ def backend_for(location: str) -> Any:
     try:
         return importlib.import_module(module_name)
     except ImportError as exc:
-        if extra is not None:
+        if exc.name == module_name or extra is None:
             raise UnsupportedStore(
-                f"{shown}: {scheme}:// stores need the [{extra}] extra:"
-                f" pip install 'pytest-rerun-runs[{extra}]' ({exc})",
+                f"{shown}: {scheme}:// stores are not supported by this version of"
+                " pytest-rerun-runs",
                 scheme=scheme,
-                extra=extra,
             ) from None
         raise UnsupportedStore(
-            f"{shown}: {scheme}:// stores are not supported by this version of pytest-rerun-runs",
+            f"{shown}: {scheme}:// stores need the [{extra}] extra:"
+            f" pip install 'pytest-rerun-runs[{extra}]' (missing: {exc.name})",
             scheme=scheme,
+            extra=extra,
         ) from None
 
 

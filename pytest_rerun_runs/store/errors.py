@@ -91,6 +91,12 @@ class AlreadyClaimed(RunsError):
     code = "already_claimed"
 
 
+class NotClaimed(RunsError):
+    """A write to a queued run that no session has claimed."""
+
+    code = "not_claimed"
+
+
 class NotQueued(RunsError):
     """A claim of a run that was never queued."""
 

@@ -394,17 +394,23 @@ def parse_iso(text: str | None) -> float | None:
     return datetime.fromisoformat(text).timestamp()
 
 
-def process_is_gone(host: str | None, pid: int | None) -> bool:
-    """True when ``pid`` on this host no longer exists (its run can never finish)."""
+def process_alive(host: str | None, pid: int | None) -> bool | None:
+    """Whether ``pid`` runs on this host; ``None`` when that cannot be known here
+    (another host, no pid, no permission to ask)."""
     if pid is None or host != hostname():
-        return False
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except (PermissionError, OSError):
         return False
-    return False
+    except (PermissionError, OSError):
+        return None
+    return True
+
+
+def process_is_gone(host: str | None, pid: int | None) -> bool:
+    """True when ``pid`` on this host no longer exists (its run can never finish)."""
+    return process_alive(host, pid) is False
 
 
 def clean_text(text: str) -> str:
@@ -428,16 +434,32 @@ def effective_status(
     now: float,
     stale_after: float = DEFAULT_STALE_AFTER,
 ) -> RunStatus:
-    """A stored status as readers should see it: a ``running`` run that has not
-    written for ``stale_after`` seconds, or whose process on this host is gone,
-    can never finish and reads ``interrupted``."""
+    """A stored status as readers should see it: a ``running`` run that can never
+    finish reads ``interrupted``. On the host that runs it the process answers at
+    once (alive or gone); anywhere else a run not written to for ``stale_after``
+    seconds is taken for dead."""
     if status != "running":
         return status
+    alive = process_alive(host, pid)
+    if alive is not None:
+        return "running" if alive else "interrupted"
     if last_seen_at is not None and now - last_seen_at > stale_after:
         return "interrupted"
-    if process_is_gone(host, pid):
-        return "interrupted"
     return status
+
+
+def is_settled(
+    status: RunStatus,
+    last_seen_at: float | None,
+    host: str | None,
+    pid: int | None,
+    *,
+    now: float,
+    stale_after: float = DEFAULT_STALE_AFTER,
+) -> bool:
+    """Whether a run can get no more results: what ``last`` looks for."""
+    live = effective_status(status, last_seen_at, host, pid, now=now, stale_after=stale_after)
+    return live not in OPEN_STATUSES
 
 
 def new_uid() -> str:
@@ -494,3 +516,29 @@ def counts_from_groups(selection_size: int, groups: Iterable[tuple[str, bool, in
             in_selection += number
     counts["not_run"] += selection_size - in_selection
     return counts
+
+
+def check_positions(run_id: int, selection: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Refuse results whose position does not fit the run's selection: inside it
+    the node id must be the one selected there; after it (collection errors) it
+    must be one the selection does not hold. ``rows`` hold the position at
+    index 1 and the node id at index 10, as backends write them."""
+    from pytest_rerun_runs.store.errors import InvalidResult
+
+    size = len(selection)
+    selected: set[str] | None = None
+    for row in rows:
+        position, nodeid = row[1], row[10]
+        if position < size:
+            if selection[position] == nodeid:
+                continue
+        else:
+            if selected is None:
+                selected = set(selection)
+            if nodeid not in selected:
+                continue
+        raise InvalidResult(
+            f"run {run_id}: a result for {nodeid} cannot take position {position}",
+            run_id=run_id,
+            position=position,
+        )

@@ -27,6 +27,7 @@ from pytest_rerun_runs.store.errors import (
     AlreadyClaimed,
     ConflictingSelection,
     InvalidResult,
+    NotClaimed,
     NotQueued,
     RunFinished,
     RunNotFound,
@@ -36,7 +37,6 @@ from pytest_rerun_runs.store.errors import (
 )
 from pytest_rerun_runs.store.model import (
     DEFAULT_STALE_AFTER,
-    OPEN_STATUSES,
     OUTCOMES,
     PHASES,
     Counts,
@@ -48,8 +48,10 @@ from pytest_rerun_runs.store.model import (
     RunSummary,
     SelectedTest,
     Selection,
+    check_positions,
     counts_from_groups,
     effective_status,
+    is_settled,
     legacy_uid,
     results_in_selection_order,
     status_from_exit,
@@ -174,8 +176,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN uid TEXT;
     ALTER TABLE runs ADD COLUMN last_seen_at REAL;
     ALTER TABLE runs ADD COLUMN plan TEXT;
-    CREATE UNIQUE INDEX runs_by_uid ON runs (uid);
     DROP TRIGGER finished_runs_are_immutable;
+    UPDATE runs SET uid = legacy_uid(created_at, host, pid, id);
+    CREATE UNIQUE INDEX runs_by_uid ON runs (uid);
     CREATE TRIGGER finished_runs_are_immutable BEFORE UPDATE ON runs
         WHEN OLD.finished_at IS NOT NULL AND NOT (
             OLD.pruned_at IS NULL AND NEW.pruned_at IS NOT NULL AND NEW.selection IS NULL
@@ -250,6 +253,8 @@ class SqliteStore:
         self.path = Path(path)
         self.location = str(self.path)
         self.stale_after = stale_after
+        #: Node ids of the selection of each run this object writes to.
+        self._selections: dict[int, list[str]] = {}
         if not create and not self.path.exists():
             raise StoreNotFound(f"no run store at {self.location}")
         self._connection = self._connect(create)
@@ -295,6 +300,9 @@ class SqliteStore:
             connection.execute("PRAGMA synchronous=NORMAL")
             if version == SCHEMA_VERSION:
                 return
+            # Migration 3 gives runs recorded before uids existed the uid their
+            # exports carry.
+            connection.create_function("legacy_uid", 4, legacy_uid, deterministic=True)
             with self.transaction():
                 version = self._schema_version()
                 if version == 0:
@@ -460,15 +468,19 @@ class SqliteStore:
     def _open_run(
         self, connection: sqlite3.Connection, run_id: int, rows: list[tuple[Any, ...]]
     ) -> tuple[int, bool]:
-        """(selection size, still open) of ``run_id``; for a finished run, checks
-        that ``rows`` are already stored (a repeated write) and refuses new ones."""
+        """(selection size, still open) of ``run_id``, with ``rows`` checked against
+        its selection; for a finished run, checks that ``rows`` are already stored
+        (a repeated write) and refuses new ones."""
         row = connection.execute(
-            "SELECT selection_size, finished_at FROM runs WHERE id = ?", (run_id,)
+            "SELECT selection_size, finished_at, status FROM runs WHERE id = ?", (run_id,)
         ).fetchone()
         if row is None:
             raise RunNotFound(f"run {run_id} not found in {self.location}", run_id=run_id)
-        size, finished_at = row
+        size, finished_at, status = row
+        if status == "queued":
+            raise NotClaimed(f"run {run_id} is queued: claim it before recording", run_id=run_id)
         if finished_at is None:
+            check_positions(run_id, self._selection_nodeids(connection, run_id), rows)
             return int(size), True
         stored = {
             position
@@ -479,6 +491,15 @@ class SqliteStore:
         if any(row[1] not in stored for row in rows):
             raise RunFinished(f"run {run_id} is finished and cannot change", run_id=run_id)
         return int(size), False
+
+    def _selection_nodeids(self, connection: sqlite3.Connection, run_id: int) -> list[str]:
+        nodeids = self._selections.get(run_id)
+        if nodeids is None:
+            (blob,) = connection.execute(
+                "SELECT selection FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            nodeids = self._selections[run_id] = [t.nodeid for t in decode_selection(blob)]
+        return nodeids
 
     @staticmethod
     def _insert(connection: sqlite3.Connection, rows: list[tuple[Any, ...]], size: int) -> None:
@@ -538,6 +559,7 @@ class SqliteStore:
             connection.execute(
                 f"UPDATE runs SET {', '.join(assignments)} WHERE id = ?", (*values, run_id)
             )
+        self._selections.pop(run_id, None)
 
     # -- reading --------------------------------------------------------------
 
@@ -789,10 +811,7 @@ class SqliteStore:
                 if not finished or finished_at is not None:
                     return int(run_id)
                 last_seen = _last_seen(seen, started_at, created_at)
-                live = effective_status(
-                    status, last_seen, host, pid, now=now, stale_after=self.stale_after
-                )
-                if live not in OPEN_STATUSES:
+                if is_settled(status, last_seen, host, pid, now=now, stale_after=self.stale_after):
                     return int(run_id)
             return None
 
