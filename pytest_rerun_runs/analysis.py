@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_rerun_runs.store import FAILING_OUTCOMES, Run, RunSummary
+from pytest_rerun_runs.store import FAILING_OUTCOMES, OPEN_STATUSES, Run, RunSummary
 
 #: Options of ours that a replayed retry sets itself: (option, takes a value).
 RETRY_OWNED_OPTIONS = {
@@ -176,12 +176,14 @@ def runs_to_prune(
 ) -> list[RunSummary]:
     """Finished, not yet pruned runs outside the newest ``keep`` or older than
     ``older_than`` seconds."""
-    newest_first = sorted(summaries, key=lambda s: s.id, reverse=True)
+    # Only runs that can change no more count: a running run is neither kept nor pruned.
+    settled = [s for s in summaries if s.status not in OPEN_STATUSES]
+    newest_first = sorted(settled, key=lambda s: s.id, reverse=True)
     candidates = newest_first[keep:] if keep is not None else newest_first
     return [
         s
         for s in candidates
-        if s.finished_at is not None
+        if (s.finished_at is not None or s.status == "interrupted")
         and s.pruned_at is None
         and (older_than is None or s.created_at < now - older_than)
     ]

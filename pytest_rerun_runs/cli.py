@@ -222,8 +222,12 @@ def stale_after(cwd: Path | None = None) -> float:
     return value
 
 
-def open_existing_store(option: str | None) -> RunStore:
-    return open_store(store_location(option), create=False, stale_after=stale_after())
+def open_existing_store(option: str | None, *, write: bool = False) -> RunStore:
+    """The store to read (opened read-only: it is never changed, and a store the
+    user cannot write is readable), or with ``write`` to change."""
+    return open_store(
+        store_location(option), create=False, read_only=not write, stale_after=stale_after()
+    )
 
 
 def parse_run_id(reference: RunReference, store: RunStore) -> int:
@@ -293,6 +297,8 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
         summaries = store.list_runs(args.limit)
     finally:
         store.close()
+    for damaged in getattr(store, "damaged", ()):
+        sys.stderr.write(f"pytest-runs: warning: {damaged}\n")
     if args.format == "json":
         write_json([summary_dict(s) for s in summaries], out)
         return 0
@@ -627,22 +633,28 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def store_size(store: RunStore) -> int | None:
+    """Bytes the store takes on this machine, where it is a local file."""
+    size: Callable[[], int] | None = getattr(store, "size", None)
+    return None if size is None else size()
+
+
 def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     try:
         older_than = parse_age(args.older_than) if args.older_than else None
     except ValueError as exc:
         raise CommandError(f"--older-than: {exc}") from None
-    store = open_existing_store(args.store)
+    store = open_existing_store(args.store, write=not args.dry_run)
     try:
         now = time.time()
         doomed = runs_to_prune(
             store.list_runs(None), keep=args.keep, older_than=older_than, now=now
         )
         ids = sorted(s.id for s in doomed)
-        size_before = Path(store.location).stat().st_size
+        size_before = store_size(store)
         if not args.dry_run:
             store.prune(ids, now)
-        size_after = Path(store.location).stat().st_size
+        size_after = store_size(store)
     finally:
         store.close()
     if args.format == "json":
@@ -658,7 +670,7 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     verb = "would prune" if args.dry_run else "pruned"
     out.write(f"{verb} {len(ids)} runs{': ' + summarize(ids, 20) if ids else ''}\n")
-    if not args.dry_run and ids:
+    if not args.dry_run and ids and size_before is not None and size_after is not None:
         out.write(f"store {store.location}: {size_before:,} -> {size_after:,} bytes\n")
     return 0
 

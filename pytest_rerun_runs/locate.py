@@ -49,7 +49,8 @@ def prepare_default_dir(store_path: str) -> None:
     directory = Path(store_path).parent
     if directory.is_dir():
         return
-    directory.mkdir(parents=True, exist_ok=True)
+    # Private to the user: failure texts often hold what tests printed, secrets too.
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     (directory / ".gitignore").write_text(_GITIGNORE, encoding="utf-8")
 
 

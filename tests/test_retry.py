@@ -213,7 +213,11 @@ def test_failed_only_resumes_a_killed_run(
     result.assert_outcomes(passed=2, failed=1, deselected=1)
     retry = show(2)
     assert [n.split("::")[1] for n in retry["selection"]] == ["test_two", "test_hangs", "test_four"]
-    assert show(1) == killed
+    sealed = show(1)
+    # The next write to the store sealed the dead session's run where it stopped.
+    assert sealed["finished_at"] is not None
+    unchanged = {k: v for k, v in killed.items() if k not in ("finished_at", "duration")}
+    assert {k: v for k, v in sealed.items() if k not in ("finished_at", "duration")} == unchanged
 
 
 def test_collection_error_file_is_collected_again(

@@ -43,7 +43,9 @@ def test_corrupt_store_is_left_untouched(pytester: pytest.Pytester, store_path: 
     store_path.write_bytes(garbage)
     result = pytester.runpytest()
     assert_session_unchanged(result)
-    result.stdout.fnmatch_lines(["rerun-runs: warning: *runs.db*file is not a database*"])
+    result.stdout.fnmatch_lines(
+        ["rerun-runs: warning: *runs.db is not a run store (not an SQLite database)*"]
+    )
     assert store_path.read_bytes() == garbage
 
 

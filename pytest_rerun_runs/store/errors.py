@@ -30,6 +30,12 @@ class StoreError(RunsError):
     code = "store_unavailable"
 
 
+class RunDamaged(StoreError):
+    """One run's stored data cannot be read; the others can."""
+
+    code = "run_damaged"
+
+
 class StoreNotFound(StoreError):
     code = "store_not_found"
 

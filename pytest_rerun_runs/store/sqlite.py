@@ -15,6 +15,7 @@ Triggers make finished runs immutable in the database itself.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import zlib
@@ -29,8 +30,10 @@ from pytest_rerun_runs.store.errors import (
     InvalidResult,
     NotClaimed,
     NotQueued,
+    RunDamaged,
     RunFinished,
     RunNotFound,
+    RunsError,
     StoreError,
     StoreNotFound,
     StoreTooNew,
@@ -199,11 +202,51 @@ _MAX_ID = 2**63 - 1
 _OUTCOME_CODE: dict[str, int] = {outcome: code for code, outcome in enumerate(OUTCOMES)}
 _PHASE_CODE = {phase: code for code, phase in enumerate(PHASES)}
 
-_SUMMARY_COLUMNS = (
-    "id, status, exit_status, created_at, started_at, finished_at, label, meta, invocation,"
-    " host, pid, source_run_id, root_run_id, attempt, mode, reason, selection_size,"
-    " deselected, missing, counts, origin, pruned_at, uid, last_seen_at, plan"
+#: The columns of a run summary, in the order ``_summary`` reads them, with the
+#: migration that added each (older stores read NULL for them).
+_SUMMARY_COLUMNS: tuple[tuple[str, int], ...] = (
+    *(
+        (name, 1)
+        for name in [
+            "id",
+            "status",
+            "exit_status",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "label",
+            "meta",
+            "invocation",
+            "host",
+            "pid",
+            "source_run_id",
+            "root_run_id",
+            "attempt",
+            "mode",
+            "reason",
+            "selection_size",
+            "deselected",
+            "missing",
+            "counts",
+        ]
+    ),
+    ("origin", 2),
+    ("pruned_at", 2),
+    ("uid", 3),
+    ("last_seen_at", 3),
+    ("plan", 3),
 )
+_SQLITE_HEADER = b"SQLite format 3\x00"
+#: An empty file of one of these names may become a new store; any other
+#: existing file must already be one.
+_STORE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def summary_columns(version: int) -> str:
+    """The summary columns of a store at schema ``version``."""
+    return ", ".join(
+        name if added <= version else f"NULL AS {name}" for name, added in _SUMMARY_COLUMNS
+    )
 
 
 def encode_selection(tests: Sequence[SelectedTest]) -> bytes:
@@ -237,52 +280,96 @@ def connect(
 ) -> SqliteStore:
     """The backend's entry point for :func:`~pytest_rerun_runs.store.open_store`."""
     path = location[len("sqlite://") :] if location.startswith("sqlite://") else location
-    return SqliteStore(path, create=create, stale_after=stale_after)
+    return SqliteStore(path, create=create, read_only=read_only, stale_after=stale_after)
 
 
 class SqliteStore:
-    """:class:`~pytest_rerun_runs.store.RunStore` on one SQLite file."""
+    """:class:`~pytest_rerun_runs.store.RunStore` on one SQLite file.
+
+    Writers open it read-write (creating it, private to the user, if asked) and
+    migrate its schema forward; readers open it read-only and never change it,
+    whatever its schema version or journal mode.
+    """
 
     def __init__(
         self,
         path: str | Path,
         *,
         create: bool = True,
+        read_only: bool = False,
         stale_after: float = DEFAULT_STALE_AFTER,
     ) -> None:
         self.path = Path(path)
         self.location = str(self.path)
         self.stale_after = stale_after
+        self.read_only = read_only
+        #: Runs ``list_runs`` could not read, with why.
+        self.damaged: list[RunsError] = []
         #: Node ids of the selection of each run this object writes to.
         self._selections: dict[int, list[str]] = {}
-        if not create and not self.path.exists():
-            raise StoreNotFound(f"no run store at {self.location}")
-        self._connection = self._connect(create)
+        existed = self._check_file(create and not read_only)
+        self._connection = self._connect(create=create and not read_only, read_only=read_only)
         try:
-            self._migrate()
+            if not existed and not read_only:
+                os.chmod(self.path, 0o600)  # failure texts often hold secrets
+            self.version = self._open_schema()
+            self._summary_columns = summary_columns(self.version)
         except BaseException:
             self._connection.close()
             raise
 
     # -- connection and schema ------------------------------------------------
 
-    def _connect(self, create: bool) -> sqlite3.Connection:
+    def _check_file(self, create: bool) -> bool:
+        """Whether the file exists; an existing one must look like a run store
+        before anything opens it (an empty file only with a store's name)."""
         try:
-            if create:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            uri = f"{self.path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}"
-            connection = sqlite3.connect(
-                uri,
+            with self.path.open("rb") as file:
+                header = file.read(len(_SQLITE_HEADER))
+        except FileNotFoundError:
+            if not create:
+                raise StoreNotFound(f"no run store at {self.location}") from None
+            return False
+        except OSError as exc:
+            raise StoreError(f"cannot open run store {self.location}: {exc}") from exc
+        if header == _SQLITE_HEADER:
+            return True
+        if not header and create and self.path.suffix in _STORE_SUFFIXES:
+            return True
+        what = "an empty file" if not header else "not an SQLite database"
+        raise StoreError(f"{self.location} is not a run store ({what}); it was left untouched")
+
+    def _connect(self, *, create: bool, read_only: bool) -> sqlite3.Connection:
+        def open_uri(parameters: str) -> sqlite3.Connection:
+            return sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?{parameters}",
                 uri=True,
                 timeout=BUSY_TIMEOUT_SECONDS,
                 isolation_level=None,
                 check_same_thread=False,
             )
+
+        try:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not read_only:
+                return open_uri("mode=rwc" if create else "mode=rw")
+            connection = open_uri("mode=ro")
+            try:
+                connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:
+                connection.close()
+                if Path(f"{self.path}-wal").exists():
+                    raise
+                # A WAL store in a directory this user cannot write: with no
+                # -wal file left, the file itself holds everything.
+                connection = open_uri("mode=ro&immutable=1")
+            return connection
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open run store {self.location}: {exc}") from exc
-        return connection
 
-    def _migrate(self) -> None:
+    def _open_schema(self) -> int:
+        """The schema version, after migrating a writable store forward."""
         with self._errors("open"):
             connection = self._connection
             # What the file is, before any statement that could change it.
@@ -295,11 +382,23 @@ class SqliteStore:
                     schema=version,
                     known=SCHEMA_VERSION,
                 )
+            if (
+                version == 0
+                and connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            ):
+                raise StoreError(
+                    f"{self.location} is an SQLite database but not a run store;"
+                    " it was left untouched"
+                )
+            if self.read_only:
+                if version == 0:
+                    raise StoreError(f"{self.location} is not a run store (an empty database)")
+                return version
             if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             if version == SCHEMA_VERSION:
-                return
+                return version
             # Migration 3 gives runs recorded before uids existed the uid their
             # exports carry.
             connection.create_function("legacy_uid", 4, legacy_uid, deterministic=True)
@@ -312,6 +411,7 @@ class SqliteStore:
                     for statement in _split_statements(MIGRATIONS[number]):
                         connection.execute(statement)
                 connection.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            return SCHEMA_VERSION
 
     def _schema_version(self) -> int:
         exists = self._connection.execute(
@@ -320,7 +420,14 @@ class SqliteStore:
         if not exists:
             return 0
         row = self._connection.execute("SELECT version FROM schema_version").fetchone()
-        return int(row[0]) if row else 0
+        if row is None:
+            return 0
+        if not isinstance(row[0], int) or row[0] < 0:
+            raise StoreError(
+                f"run store {self.location} is damaged: its schema version is {row[0]!r};"
+                " it was left untouched"
+            )
+        return row[0]
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -334,6 +441,8 @@ class SqliteStore:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction; every write goes through here."""
+        if self.read_only:
+            raise StoreError(f"run store {self.location} was opened read-only")
         connection = self._connection
         with self._errors("write"):
             connection.execute("BEGIN IMMEDIATE")
@@ -351,6 +460,8 @@ class SqliteStore:
     # -- writing --------------------------------------------------------------
 
     def find_run(self, uid: str) -> int | None:
+        if self.version < 3:
+            return None
         with self._errors("read"):
             row = self._connection.execute("SELECT id FROM runs WHERE uid = ?", (uid,)).fetchone()
         return None if row is None else int(row[0])
@@ -374,6 +485,8 @@ class SqliteStore:
             existing = self._existing(connection, new_run.uid, blob)
             if existing is not None:
                 return existing
+            self._probe(connection)
+            self._seal_stale_runs(connection)
             cursor = connection.execute(
                 "INSERT INTO runs (uid, status, created_at, started_at, last_seen_at, label,"
                 " meta, invocation, host, pid, source_run_id, root_run_id, attempt, mode,"
@@ -407,6 +520,35 @@ class SqliteStore:
             if new_run.root_run_id is None:
                 connection.execute("UPDATE runs SET root_run_id = id WHERE id = ?", (run_id,))
         return run_id
+
+    @staticmethod
+    def _probe(connection: sqlite3.Connection) -> None:
+        """Read the pages a new run writes to (the right edge of both tables), so
+        that a damaged store fails here, before it gets a run it cannot finish."""
+        connection.execute("SELECT max(id) FROM runs").fetchone()
+        connection.execute(
+            "SELECT run_id, position FROM results ORDER BY run_id DESC, position DESC LIMIT 1"
+        ).fetchone()
+
+    def _seal_stale_runs(self, connection: sqlite3.Connection) -> None:
+        """Finish, as ``interrupted``, the runs whose sessions are gone: they can
+        never finish themselves, and a finished run is immutable and prunable."""
+        now = time.time()
+        candidates = connection.execute(
+            "SELECT id, status, last_seen_at, started_at, created_at, host, pid, selection_size"
+            " FROM runs WHERE finished_at IS NULL AND status = 'running'"
+        ).fetchall()
+        for run_id, status, seen, started_at, created_at, host, pid, size in candidates:
+            last_seen = _last_seen(seen, started_at, created_at)
+            live = effective_status(
+                status, last_seen, host, pid, now=now, stale_after=self.stale_after
+            )
+            if live == "interrupted":
+                connection.execute(
+                    "UPDATE runs SET status = 'interrupted', finished_at = ?, counts = ?"
+                    " WHERE id = ? AND finished_at IS NULL",
+                    (last_seen, json.dumps(self._live_counts(run_id, size)), run_id),
+                )
 
     def claim_run(self, run_id: int, invocation: Invocation, started_at: float) -> RunSummary:
         with self.transaction() as connection:
@@ -574,6 +716,15 @@ class SqliteStore:
         )
 
     def _summary(self, row: sqlite3.Row | tuple[Any, ...], now: float) -> RunSummary:
+        try:
+            return self._decode_summary(row, now)
+        except (ValueError, TypeError, KeyError, AttributeError, zlib.error) as exc:
+            raise RunDamaged(
+                f"run {row[0]} in {self.location} is damaged ({exc}); other runs are readable",
+                run_id=row[0],
+            ) from None
+
+    def _decode_summary(self, row: sqlite3.Row | tuple[Any, ...], now: float) -> RunSummary:
         (
             run_id,
             status,
@@ -638,7 +789,7 @@ class SqliteStore:
             raise RunNotFound(f"run {run_id} not found in {self.location}", run_id=run_id)
         with self._errors("read"):
             row = self._connection.execute(
-                f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE id = ?", (run_id,)
+                f"SELECT {self._summary_columns} FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
             if row is None:
                 newest = self.latest_run_id()
@@ -668,7 +819,13 @@ class SqliteStore:
             (blob,) = self._connection.execute(
                 "SELECT selection FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
-            selection = decode_selection(blob)
+            try:
+                selection = decode_selection(blob)
+            except (ValueError, TypeError, KeyError, IndexError, zlib.error) as exc:
+                raise RunDamaged(
+                    f"run {run_id} in {self.location} is damaged ({exc}); other runs are readable",
+                    run_id=run_id,
+                ) from None
             size = len(selection)
             rows = self._connection.execute(query, parameters).fetchall()
             reported: set[int] = set()
@@ -716,7 +873,7 @@ class SqliteStore:
         root = self.get_summary(run_id).root_run_id
         with self._errors("read"):
             rows = self._connection.execute(
-                f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE root_run_id = ? ORDER BY id",
+                f"SELECT {self._summary_columns} FROM runs WHERE root_run_id = ? ORDER BY id",
                 (root,),
             ).fetchall()
             now = time.time()
@@ -784,6 +941,7 @@ class SqliteStore:
         if not run_ids:
             return
         with self.transaction() as connection:
+            self._seal_stale_runs(connection)
             for run_id in run_ids:
                 connection.execute(
                     "UPDATE runs SET pruned_at = ?, selection = NULL"
@@ -797,14 +955,22 @@ class SqliteStore:
                 )
         with self._errors("compact"):
             self._connection.execute("VACUUM")
+            # VACUUM goes through the WAL: only a checkpoint gives the space back.
+            self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def size(self) -> int:
+        """Bytes on disk: the file and its WAL."""
+        wal = Path(f"{self.path}-wal")
+        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
     def latest_run_id(self, *, finished: bool = False) -> int | None:
         """The newest run id; with ``finished``, the newest run that can get no more
         results (finished, or no longer running: see ``effective_status``)."""
         with self._errors("read"):
             rows = self._connection.execute(
-                "SELECT id, status, finished_at, last_seen_at, started_at, created_at, host, pid"
-                " FROM runs ORDER BY id DESC"
+                "SELECT id, status, finished_at,"
+                f" {'last_seen_at' if self.version >= 3 else 'NULL'}, started_at, created_at,"
+                " host, pid FROM runs ORDER BY id DESC"
             )
             now = time.time()
             for run_id, status, finished_at, seen, started_at, created_at, host, pid in rows:
@@ -816,13 +982,21 @@ class SqliteStore:
             return None
 
     def list_runs(self, limit: int | None = None) -> list[RunSummary]:
+        """The newest runs first; a run that cannot be read is left out and noted
+        in ``damaged``."""
         with self._errors("read"):
             rows = self._connection.execute(
-                f"SELECT {_SUMMARY_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?",
+                f"SELECT {self._summary_columns} FROM runs ORDER BY id DESC LIMIT ?",
                 (-1 if limit is None else min(limit, _MAX_ID),),
             ).fetchall()
-            now = time.time()
-            return [self._summary(row, now) for row in rows]
+        now = time.time()
+        summaries = []
+        for row in rows:
+            try:
+                summaries.append(self._summary(row, now))
+            except RunDamaged as exc:
+                self.damaged.append(exc)
+        return summaries
 
 
 def _last_seen(last_seen_at: float | None, started_at: float | None, created_at: float) -> float:
