@@ -46,27 +46,39 @@ def dump_yaml(data: dict[str, Any]) -> str:
 
 
 def load_run_file(path: Path) -> tuple[Run, dict[str, Any]]:
-    """The run in a JSON or YAML export and the export's own metadata."""
+    """The run in a JSON or YAML export and the export's own metadata, checked
+    as the untrusted input it is (see :mod:`pytest_rerun_runs.runfile`)."""
+    from pytest_rerun_runs import runfile
+
     try:
+        if path.stat().st_size > runfile.MAX_FILE_BYTES:
+            raise RunFileError(f"{path} is larger than a run file can be")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RunFileError(f"cannot read run file {path}: {exc}") from None
     data: Any
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         import yaml
 
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError:
+            data = runfile.load_yaml(text)
+        except (yaml.YAMLError, RecursionError) as exc:
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "not allowed in run files" in str(exc):
+                problem = next(line for line in str(exc).splitlines() if "not allowed" in line)
+                raise RunFileError(f"{path} is not a valid run file: {problem}") from None
             data = None
     if not isinstance(data, dict) or "selection" not in data or "results" not in data:
         raise RunFileError(f"{path} is not a run file written by 'pytest-runs export'")
     try:
-        run = Run.from_dict(data)
+        checked = runfile.check_run_data(data)
+        run = Run.from_dict(checked)
+    except InvalidRunFile as exc:
+        raise RunFileError(f"{path} is not a valid run file: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
-        raise RunFileError(f"{path} is not a valid run file: {exc!r}") from None
+        raise RunFileError(f"{path} is not a valid run file: {exc}") from None
     export = data.get("export")
     return run, export if isinstance(export, dict) else {}
 

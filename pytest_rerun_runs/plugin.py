@@ -11,6 +11,7 @@ plan through its workerinput and registers only the narrowing.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -208,6 +209,12 @@ def plan_retry(config: pytest.Config, options: RecordingOptions) -> RetrySource:
             raise
         raise pytest.UsageError(f"{prefix}: {exc}") from None
     rootdir = config.rootpath
+    outside = [f for f in plan.files if not is_inside(rootdir, f)]
+    if outside:
+        raise pytest.UsageError(
+            f"{prefix}: the plan of {source.describe()} reaches outside the rootdir"
+            f" ({summarize(outside)}); nothing outside {rootdir} is collected"
+        )
     if not any((rootdir / f).exists() for f in plan.files):
         raise pytest.UsageError(
             f"{prefix}: none of the {len(plan.tests)} planned tests of {source.describe()}"
@@ -216,6 +223,15 @@ def plan_retry(config: pytest.Config, options: RecordingOptions) -> RetrySource:
     options.notes.extend(source_differences(config, source.run))
     register_narrowing(config, RetryState(plan))
     return source
+
+
+def is_inside(rootdir: Path, relative: str) -> bool:
+    """Whether ``relative`` names a path inside ``rootdir`` (lexically: no
+    absolute paths, no ``..`` above it)."""
+    import os.path
+
+    target = os.path.normpath(os.path.join(rootdir, relative))
+    return target == str(rootdir) or target.startswith(str(rootdir).rstrip(os.sep) + os.sep)
 
 
 def source_differences(config: pytest.Config, source: Run) -> list[str]:

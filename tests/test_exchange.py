@@ -328,7 +328,9 @@ def test_load_run_file_rejects_a_run_missing_required_keys(tmp_path: Path) -> No
     path = tmp_path / "run.json"
     path.write_text(exchange.dump_json(data), encoding="utf-8")
 
-    with pytest.raises(exchange.RunFileError, match=r"is not a valid run file: KeyError"):
+    with pytest.raises(
+        exchange.RunFileError, match=r"is not a valid run file: the file: no 'invocation'"
+    ):
         exchange.load_run_file(path)
 
 
@@ -338,5 +340,8 @@ def test_load_run_file_rejects_an_unknown_outcome(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text(exchange.dump_yaml(data), encoding="utf-8")
 
-    with pytest.raises(exchange.RunFileError, match=r"is not a valid run file: ValueError"):
+    with pytest.raises(
+        exchange.RunFileError,
+        match=r"results\[0\]\.outcome: 'exploded' is not one of passed, failed",
+    ):
         exchange.load_run_file(path)

@@ -148,6 +148,7 @@ class Result(NamedTuple):
             "worker": self.worker,
             "longrepr": self.longrepr,
             "rerun_attempts": self.rerun_attempts,
+            "file": self.file,
         }
 
 
@@ -339,6 +340,7 @@ class Run:
                     entry.get("worker"),
                     entry.get("longrepr"),
                     int(entry.get("rerun_attempts") or 0),
+                    entry.get("file"),
                 )
             )
         uid = data.get("uid")
