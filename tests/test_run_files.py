@@ -195,7 +195,8 @@ def test_a_stored_plan_never_reaches_outside_the_rootdir(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
-            "ERROR: --retry-run 1: the plan of run 1 reaches outside the rootdir (../outside/test_m.py)*"
+            "ERROR: --retry-run 1: the plan of run 1 reaches outside the rootdir"
+            " (../outside/test_m.py)*"
         ]
     )
     assert store_path.read_bytes() == before
