@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -31,6 +34,7 @@ from pytest_rerun_runs.store import (
     DEFAULT_STALE_AFTER,
     RETRY_OUTCOMES,
     InputsNotRetained,
+    Result,
     Run,
     RunsError,
     RunStore,
@@ -40,7 +44,7 @@ from pytest_rerun_runs.store import (
     open_store,
     redact_url,
 )
-from pytest_rerun_runs.text import summarize
+from pytest_rerun_runs.text import escape, summarize
 
 USAGE_ERROR = 4
 
@@ -132,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="retry the newest attempt's failures until all pass or N attempts are spent",
+    )
+    sub.add_argument(
+        "--yes",
+        action="store_true",
+        help="run the recorded arguments of a run imported from another store without asking",
     )
     sub.add_argument("pytest_args", nargs="*", metavar="-- PYTEST ARGS", help=argparse.SUPPRESS)
     sub.set_defaults(handler=cmd_retry)
@@ -312,7 +321,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
                 created[:19].replace("T", " "),
                 format_duration(s.duration),
                 counts_text(s.counts) + (" (pruned)" if s.pruned_at else ""),
-                s.label or "",
+                escape(s.label or ""),
                 "" if s.source_run_id is None else str(s.source_run_id),
             ]
         )
@@ -338,33 +347,57 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def result_message(result: Result, width: int = 100) -> str:
+    """The line pytest's short summary shows for a result: the error line of a
+    failure, the reason of a skip."""
+    text = result.longrepr or ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if result.outcome in ("skipped", "xfailed", "xpassed") and lines:
+        # "path:line: reason" as pytest writes skips: the reason is the message.
+        message = re.sub(r"^.*?:\d+: (Skipped: )?", "", lines[0])
+    else:
+        errors = [line[1:].strip() for line in lines if line.startswith("E ")]
+        message = errors[0] if errors else (lines[-1] if lines else "")
+    message = escape(message)
+    return message if len(message) <= width else message[: width - 3] + "..."
+
+
 def write_run_text(run: Run, out: TextIO, style: Style) -> None:
     s = run.summary
     inv = s.invocation
     exit_text = s.exit_status if s.exit_status is not None else "-"
+    command = (
+        "(arguments not recorded: exported without them)"
+        if inv.args is None
+        else redact_url(shlex.join(["pytest", *inv.args]))
+    )
     lines = [
         f"run {s.id}: {style.status(s.status)} (exit {exit_text}) in {format_duration(s.duration)}",
         f"  created   {iso(s.created_at)}",
-        f"  command   pytest {' '.join(inv.args or ['(arguments not recorded)'])}".rstrip(),
-        f"  directory {inv.invocation_dir} (rootdir {inv.rootdir})",
-        f"  python    {inv.python}, pytest {inv.pytest}, {inv.platform} on {inv.host}",
+        f"  command   {escape(command)}",
+        f"  directory {escape(inv.invocation_dir)} (rootdir {escape(inv.rootdir)})",
+        f"  python    {escape(inv.python)}, pytest {escape(inv.pytest)},"
+        f" {escape(inv.platform)} on {escape(inv.host)}",
     ]
     if inv.git.branch or inv.git.commit:
-        lines.append(
-            f"  git       {inv.git.branch or '(detached)'} {inv.git.commit or ''}".rstrip()
-        )
+        git = f"{inv.git.branch or '(detached)'} {inv.git.commit or ''}".rstrip()
+        lines.append(f"  git       {escape(git)}")
     if inv.ci:
-        lines.append("  ci        " + ", ".join(f"{k}={v}" for k, v in inv.ci.items()))
+        lines.append("  ci        " + escape(", ".join(f"{k}={v}" for k, v in inv.ci.items())))
+    if inv.randomly_seed is not None:
+        lines.append(f"  randomly  seed {inv.randomly_seed}")
     if s.label:
-        lines.append(f"  label     {s.label}")
-    lines.extend(f"  meta      {key}={value}" for key, value in s.meta.items())
+        lines.append(f"  label     {escape(s.label)}")
+    lines.extend(f"  meta      {escape(key)}={escape(value)}" for key, value in s.meta.items())
     if s.source_run_id is not None:
+        reason = f", reason: {escape(s.reason)}" if s.reason else ""
         lines.append(
             f"  retry of  run {s.source_run_id} (root {s.root_run_id}, attempt {s.attempt},"
-            f" {s.mode}{', reason: ' + s.reason if s.reason else ''})"
+            f" {s.mode}{reason})"
         )
     if s.origin:
-        lines.append(f"  imported  run {s.origin.get('run_id')} of {s.origin.get('store') or '?'}")
+        where = redact_url(str(s.origin.get("store") or "?"))
+        lines.append(f"  imported  run {s.origin.get('run_id')} of {escape(where)}")
     if s.missing:
         lines.append(f"  missing   {len(s.missing)} planned tests no longer existed")
     lines.append(f"  counts    {counts_text(s.counts)}; {s.deselected} deselected")
@@ -372,8 +405,16 @@ def write_run_text(run: Run, out: TextIO, style: Style) -> None:
         lines.append(f"  pruned    {iso(s.pruned_at)}: per-test results are no longer retained")
     out.write("\n".join(lines) + "\n")
     for result in run.results:
-        if result.outcome != "passed":
-            out.write(f"{style.status(result.outcome).upper():8} {result.nodeid}\n")
+        reruns = f" ({result.rerun_attempts} reruns)" if result.rerun_attempts else ""
+        if result.outcome == "passed":
+            if reruns:
+                out.write(f"{style.status('passed').upper():8} {escape(result.nodeid)}{reruns}\n")
+            continue
+        message = result_message(result)
+        out.write(
+            f"{style.status(result.outcome).upper():8} {escape(result.nodeid)}{reruns}"
+            f"{' - ' + message if message else ''}\n"
+        )
 
 
 def _replayable_source(store: RunStore, run_id: int) -> RunSummary:
@@ -403,6 +444,59 @@ def _retry_of(store: RunStore, source_run_id: int, after: int) -> RunSummary | N
     return None
 
 
+def retry_command(
+    source: RunSummary,
+    store: str,
+    run_id: int,
+    *,
+    failed_only: bool,
+    reason: str | None,
+    extra: Sequence[str],
+) -> list[str]:
+    """The pytest command that retries ``run_id`` with the source's recorded arguments."""
+    inv = source.invocation
+    assert inv.args is not None
+    command = [sys.executable, "-m", "pytest", *replayable_args(inv.args)]
+    seed = inv.randomly_seed
+    if (
+        seed is not None
+        and not any(
+            arg.startswith("--randomly-seed") or arg.endswith("no:randomly")
+            for arg in (*inv.args, *extra)
+        )
+        and importlib.util.find_spec("pytest_randomly") is not None
+    ):
+        command.append(f"--randomly-seed={seed}")  # the tests see the same random data
+    command += [f"--runs-store={store}", f"--retry-run={run_id}"]
+    if failed_only:
+        command.append("--failed-only")
+    if reason:
+        command.append(f"--retry-reason={reason}")
+    return [*command, *extra]
+
+
+def shell_line(directory: str, command: Sequence[str]) -> str:
+    """A command as one copy-pasteable, shell-quoted line (secrets redacted)."""
+    return redact_url(f"$ cd {shlex.quote(directory)} && {shlex.join(command)}")
+
+
+def confirm_foreign_arguments(source: RunSummary, line: str, *, assume_yes: bool) -> None:
+    """Arguments recorded in another store run only with the user's say."""
+    if source.origin is None or assume_yes:
+        return
+    where = escape(str(source.origin.get("store") or source.origin.get("file") or "elsewhere"))
+    question = (
+        f"run {source.id} was imported from {redact_url(where)}: its recorded arguments would run"
+        f" as {escape(line)}"
+    )
+    if not sys.stdin or not sys.stdin.isatty():
+        raise CommandError(f"{question}; pass --yes to run them")
+    sys.stderr.write(f"{question}\nRun it? [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise CommandError("not confirmed; nothing was run")
+
+
 def cmd_retry(args: argparse.Namespace, out: TextIO) -> int:
     store = open_existing_store(args.store)
     try:
@@ -410,28 +504,31 @@ def cmd_retry(args: argparse.Namespace, out: TextIO) -> int:
         source = _replayable_source(store, source_id)
     finally:
         store.close()
-    inv = source.invocation
-    assert inv.args is not None
-    base = [*replayable_args(inv.args), f"--runs-store={store_location(args.store)}"]
+    directory = source.invocation.invocation_dir
+    location = store_location(args.store)
     attempts: list[tuple[RunSummary, int]] = []
     current, failed_only, code = source_id, args.failed_only, 0
-    for _ in range(args.attempts):
-        command = [sys.executable, "-m", "pytest", *base, f"--retry-run={current}"]
-        if failed_only:
-            command.append("--failed-only")
-        if args.reason:
-            command.append(f"--retry-reason={args.reason}")
-        command.extend(args.pytest_args)
+    for number in range(args.attempts):
+        command = retry_command(
+            source,
+            location,
+            current,
+            failed_only=failed_only,
+            reason=args.reason,
+            extra=args.pytest_args,
+        )
+        if number == 0:
+            confirm_foreign_arguments(source, shell_line(directory, command), assume_yes=args.yes)
         # With --format json, stdout carries only the summary: pytest talks to stderr.
         talk = sys.stderr if args.format == "json" else out
-        talk.write(redact_url(f"$ cd {inv.invocation_dir} && {' '.join(command[1:])}\n"))
+        talk.write(shell_line(directory, command) + "\n")
         talk.flush()
         store = open_existing_store(args.store)
         try:
             newest = store.latest_run_id() or 0
         finally:
             store.close()
-        code = _run_pytest(command, inv.invocation_dir, to_stderr=args.format == "json")
+        code = _run_pytest(command, directory, to_stderr=args.format == "json")
         store = open_existing_store(args.store)
         try:
             retry = _retry_of(store, current, newest)
@@ -447,16 +544,18 @@ def cmd_retry(args: argparse.Namespace, out: TextIO) -> int:
     if args.format == "json":
         write_json(report, out)
     elif attempts:
-        out.write(f"\nretries of run {source_id}:\n")
-        for number, attempt in enumerate(report["attempts"], start=1):
+        out.write(f"\nretries of run {source_id} (attempt {source.attempt}):\n")
+        for attempt in report["attempts"]:
+            number = attempt["attempt"]
             out.write(
                 f"  attempt {number}: run {attempt['run_id']}, exit {attempt['exit_status']},"
                 f" {counts_text(attempt['counts'])}\n"
             )
             for nodeid in attempt["passed"]:
-                out.write(f"    passed on attempt {number}: {nodeid}\n")
+                out.write(f"    passed on attempt {number}: {escape(nodeid)}\n")
+        last = report["attempts"][-1]["attempt"]
         for nodeid in report["still_failing"]:
-            out.write(f"  still failing after {len(attempts)} attempts: {nodeid}\n")
+            out.write(f"  still failing at attempt {last}: {escape(nodeid)}\n")
     return code
 
 
@@ -489,6 +588,7 @@ def _attempts_report(
         outcome = {r.nodeid: r.outcome for r in run.results}
         report.append(
             {
+                "attempt": run.summary.attempt,
                 "run_id": run.id,
                 "exit_status": exit_status,
                 "counts": dict(run.summary.counts),
@@ -517,7 +617,7 @@ def cmd_lineage(args: argparse.Namespace, out: TextIO) -> int:
 
     def write(node: LineageNode, prefix: str, tail: str) -> None:
         s = node.summary
-        reason = f"  reason: {s.reason}" if s.reason else ""
+        reason = f"  reason: {escape(s.reason)}" if s.reason else ""
         out.write(
             f"{prefix}{tail}run {s.id}  {style.status(s.status)}  attempt {s.attempt}"
             f"  {s.mode}  {counts_text(s.counts)}{reason}\n"
@@ -545,7 +645,7 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
     for name, nodeids in diff.items():
         out.write(f"{name.replace('_', ' ')} ({len(nodeids)})\n")
         for nodeid in nodeids:
-            out.write(f"  {nodeid}\n")
+            out.write(f"  {escape(nodeid)}\n")
     return 0
 
 
@@ -576,7 +676,7 @@ def cmd_flaky(args: argparse.Namespace, out: TextIO) -> int:
         )
         rows.append(
             [
-                f.nodeid,
+                escape(f.nodeid),
                 str(len(f.failed_in)),
                 str(len(f.passed_in)),
                 str(len(f.passed_on_retry)),

@@ -237,19 +237,21 @@ def is_inside(rootdir: Path, relative: str) -> bool:
 def source_differences(config: pytest.Config, source: Run) -> list[str]:
     """Notes on how the source's recorded environment differs from this session's."""
     from pytest_rerun_runs.invocation import git_info
+    from pytest_rerun_runs.text import escape
 
     notes = []
     recorded = source.summary.invocation
     now_git = git_info(config.rootpath)
     if recorded.git.commit and now_git.commit and recorded.git.commit != now_git.commit:
         notes.append(
-            f"note: run {source.id} was recorded at commit {recorded.git.commit[:12]},"
+            f"note: run {source.id} was recorded at commit {escape(recorded.git.commit[:12])},"
             f" this is {now_git.commit[:12]}"
         )
     python = ".".join(map(str, sys.version_info[:3]))
     if recorded.python != python:
         notes.append(
-            f"note: run {source.id} was recorded on Python {recorded.python}, this is {python}"
+            f"note: run {source.id} was recorded on Python {escape(recorded.python[:20])},"
+            f" this is {python}"
         )
     return notes
 

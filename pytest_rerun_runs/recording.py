@@ -46,7 +46,7 @@ from pytest_rerun_runs.store import (
     open_store,
     redact_url,
 )
-from pytest_rerun_runs.text import summarize
+from pytest_rerun_runs.text import escape, summarize
 
 PLUGIN_NAME = "rerun-runs-recorder"
 #: The workeroutput key a worker reports its deselected count under.
@@ -350,11 +350,13 @@ class RecordingPlugin:
         )
         if self.config.pluginmanager.get_plugin("terminalreporter") is None:
             for message in self.warnings:
-                sys.stderr.write(f"rerun-runs: warning: {message}\n")
+                sys.stderr.write(f"rerun-runs: warning: {escape(redact_url(message))}\n")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         for message in self.warnings:
-            terminalreporter.write_line(f"rerun-runs: warning: {message}", yellow=True)
+            terminalreporter.write_line(
+                f"rerun-runs: warning: {escape(redact_url(message))}", yellow=True
+            )
         run_id = self.recorder.run_id
         if self.config.get_verbosity() < -1:
             return

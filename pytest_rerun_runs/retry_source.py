@@ -101,7 +101,9 @@ class RetrySource:
     def describe(self) -> str:
         if self.file is None:
             return f"run {self.run.id}"
-        return f"run {self.run.id} of {self.file.name}"
+        from pytest_rerun_runs.text import escape
+
+        return f"run {self.run.id} of {escape(self.file.name)}"
 
 
 def resolve_source(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import re
+import shlex
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,8 +64,11 @@ def test_retry_replays_the_recorded_arguments_in_the_recorded_directory(
     assert retry["invocation"]["invocation_dir"] == str(pytester.path)
     assert (retry["source_run_id"], retry["mode"], retry["label"]) == (1, "failed_only", "nightly")
     assert outcomes(retry) == {"test_a.py::test_one": "failed"}
-    assert "attempt 1: run 2, exit 1, 1 failed" in out
-    assert "still failing after 1 attempts: test_a.py::test_one" in out
+    assert out.startswith(f"$ cd {shlex.quote(str(pytester.path))} && {sys.executable} -m pytest")
+    assert "'or two'" not in out
+    assert "-k 'one or two'" in out
+    assert "retries of run 1 (attempt 1):\n  attempt 2: run 2, exit 1, 1 failed\n" in out
+    assert "still failing at attempt 2: test_a.py::test_one" in out
 
 
 def test_retry_passes_extra_pytest_arguments(
@@ -89,8 +94,8 @@ def test_attempts_until_a_test_passes(
     assert code == 1  # test_broken never passes: the last attempt's exit code
     assert [show(n)["attempt"] for n in (2, 3, 4)] == [2, 3, 4]
     assert [show(n)["source_run_id"] for n in (2, 3, 4)] == [1, 2, 3]
-    assert "passed on attempt 2: test_flaky.py::test_passes_on_third_run" in out
-    assert "still failing after 3 attempts: test_flaky.py::test_broken" in out
+    assert "passed on attempt 3: test_flaky.py::test_passes_on_third_run" in out
+    assert "still failing at attempt 4: test_flaky.py::test_broken" in out
     # each attempt retries the newest attempt's failures only
     assert show(4)["selection"] == ["test_flaky.py::test_broken"]
 
@@ -117,6 +122,7 @@ def test_retry_summary_as_json(
     assert report["source_run_id"] == 1
     assert report["exit_status"] == 1
     assert [a["run_id"] for a in report["attempts"]] == [2, 3]
+    assert [a["attempt"] for a in report["attempts"]] == [2, 3]
     assert [a["passed"] for a in report["attempts"]] == [
         [],
         ["test_flaky.py::test_passes_on_third_run"],
@@ -133,7 +139,7 @@ def test_attempts_stop_when_everything_passes(
         "--store", str(store_path), "retry", "1", "--failed-only", "--attempts", "5"
     )
     assert code == 0
-    assert "passed on attempt 1: test_flaky.py::test_passes_on_third_run" in out
+    assert "passed on attempt 2: test_flaky.py::test_passes_on_third_run" in out
     assert len(json.loads(cli_ok("--store", str(store_path), "list", "--format", "json"))) == 2
 
 
