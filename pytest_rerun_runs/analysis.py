@@ -189,10 +189,17 @@ def runs_to_prune(
     ]
 
 
+MAX_AGE_SECONDS = 1000 * 366 * 86400
+
+
 def parse_age(text: str) -> float:
     """Seconds in ``30d``, ``12h``, ``2w``, ``90m``, ``45s``; ``ValueError`` otherwise."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     number, unit = text[:-1], text[-1:]
-    if unit not in units or not number.isdigit() or int(number) < 1:
-        raise ValueError(f"expected an age such as 30d, 12h or 2w, got {text!r}")
-    return int(number) * units[unit]
+    shown = text if len(text) <= 24 else text[:24] + "..."
+    if unit not in units or not (number.isascii() and number.isdigit()) or len(number) > 12:
+        raise ValueError(f"expected an age such as 30d, 12h or 2w, got {shown!r}")
+    seconds = int(number) * units[unit]
+    if not 1 <= seconds <= MAX_AGE_SECONDS:
+        raise ValueError(f"expected an age from 1s to 1000 years, got {shown!r}")
+    return float(seconds)

@@ -26,7 +26,9 @@ from pytest_rerun_runs.analysis import (
     runs_to_prune,
 )
 from pytest_rerun_runs.retry_source import (
+    MAX_RUN_ID,
     RunReference,
+    parse_run_id,
     resolve_run_id,
     run_reference_argument,
 )
@@ -47,6 +49,7 @@ from pytest_rerun_runs.store import (
 from pytest_rerun_runs.text import escape, summarize
 
 USAGE_ERROR = 4
+MAX_ATTEMPTS = 100
 
 EXAMPLES = {
     "list": ["pytest-runs list --limit 5", "pytest-runs list --format json"],
@@ -132,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--reason", metavar="TEXT", help="stored on the new run(s)")
     sub.add_argument(
         "--attempts",
-        type=_positive_int,
+        type=_attempts,
         default=1,
         metavar="N",
         help="retry the newest attempt's failures until all pass or N attempts are spent",
@@ -189,14 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
+    """A whole number from 1 to 2**63-1, ASCII digits only."""
+    value = parse_run_id(text) if text.isascii() else None
+    if value is None:
+        shown = text if len(text) <= 24 else text[:24] + "..."
         raise argparse.ArgumentTypeError(
-            f"expected a positive whole number, got {text!r}"
-        ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+            f"expected a positive whole number up to {MAX_RUN_ID}, got {shown!r}"
+        )
+    return value
+
+
+def _attempts(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_ATTEMPTS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_ATTEMPTS} attempts, got {value}")
     return value
 
 
@@ -239,7 +248,7 @@ def open_existing_store(option: str | None, *, write: bool = False) -> RunStore:
     )
 
 
-def parse_run_id(reference: RunReference, store: RunStore) -> int:
+def run_id_of(reference: RunReference, store: RunStore) -> int:
     """The run id ``reference`` names in ``store``."""
     return resolve_run_id(store, reference)
 
@@ -333,7 +342,7 @@ def load_run(store_option: str | None, run: RunReference) -> tuple[Run, str]:
     """The run named by ``ID``/``last`` and the location of its store."""
     store = open_existing_store(store_option)
     try:
-        return store.get_run(parse_run_id(run, store)), store.location
+        return store.get_run(run_id_of(run, store)), store.location
     finally:
         store.close()
 
@@ -500,7 +509,7 @@ def confirm_foreign_arguments(source: RunSummary, line: str, *, assume_yes: bool
 def cmd_retry(args: argparse.Namespace, out: TextIO) -> int:
     store = open_existing_store(args.store)
     try:
-        source_id = parse_run_id(args.run, store)
+        source_id = run_id_of(args.run, store)
         source = _replayable_source(store, source_id)
     finally:
         store.close()
@@ -607,7 +616,7 @@ def _attempts_report(
 def cmd_lineage(args: argparse.Namespace, out: TextIO) -> int:
     store = open_existing_store(args.store)
     try:
-        tree = lineage_tree(store.lineage(parse_run_id(args.run, store)))
+        tree = lineage_tree(store.lineage(run_id_of(args.run, store)))
     finally:
         store.close()
     if args.format == "json":
@@ -633,8 +642,8 @@ def cmd_lineage(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
     store = open_existing_store(args.store)
     try:
-        before = store.get_run(parse_run_id(args.before, store))
-        after = store.get_run(parse_run_id(args.after, store))
+        before = store.get_run(run_id_of(args.before, store))
+        after = store.get_run(run_id_of(args.after, store))
     finally:
         store.close()
     diff = diff_runs(before, after)
@@ -789,11 +798,28 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             parser.error(f"'-- PYTEST ARGS' only goes with retry, not {args.command}")
         args.pytest_args = [*args.pytest_args, *extra]
     handler: Callable[[argparse.Namespace, TextIO], int] = args.handler
+    if out is None:  # stdout closed (">&-")
+        sys.stderr.write("pytest-runs: error: cannot write output: standard output is closed\n")
+        return USAGE_ERROR
     try:
-        return handler(args, out)
+        code = handler(args, out)
+        out.flush()
     except (CommandError, RunsError) as exc:
-        sys.stderr.write(f"pytest-runs: error: {redact_url(str(exc))}\n")
+        sys.stderr.write(f"pytest-runs: error: {escape(redact_url(str(exc)))}\n")
         return USAGE_ERROR
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _silence_stdout()
         return 0
+    except OSError as exc:  # stdout full ("> /dev/full") or gone
+        _silence_stdout()
+        sys.stderr.write(f"pytest-runs: error: cannot write output: {exc.strerror or exc}\n")
+        return USAGE_ERROR
+    return code
+
+
+def _silence_stdout() -> None:
+    """Send what is still buffered for stdout nowhere, so that exiting is quiet."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        pass

@@ -140,3 +140,49 @@ def test_retry_replays_the_randomly_seed(
         for r in (show(1)["results"][0], show(2)["results"][0])
     ]
     assert drawn[0] == drawn[1]  # the same seed drew the same number
+
+
+def pytest_runs(*args: str, cwd: Path, shell_suffix: str = "") -> subprocess.CompletedProcess[str]:
+    command = shlex.join([sys.executable, "-m", "pytest_rerun_runs", *args]) + shell_suffix
+    return subprocess.run(
+        ["bash", "-c", command], cwd=cwd, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["prune", "--older-than", "9" * 400 + "d"], "--older-than: expected an age such as"),
+        (["prune", "--older-than", "99999999999w"], "expected an age from 1s to 1000 years"),
+        (["list", "--limit", "9" * 5000], "argument --limit: expected a positive whole number"),
+        (["flaky", "--last", "1e3"], "argument --last: expected a positive whole number"),
+        (["retry", "1", "--attempts", "100000"], "at most 100 attempts, got 100000"),
+        (["show", "9" * 5000], "expected a run id (a positive number), 'last'"),
+    ],
+)
+def test_numbers_out_of_range_are_one_line(
+    pytester: pytest.Pytester, args: list[str], message: str
+) -> None:
+    pytester.makepyfile("def test_a(): pass\n")
+    pytester.runpytest()
+    completed = pytest_runs(*args, cwd=pytester.path)
+    assert completed.returncode == 4
+    assert completed.stderr.count("\n") == 1, completed.stderr
+    assert message in completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("suffix", "message"),
+    [
+        (" > /dev/full", "pytest-runs: error: cannot write output: No space left on device\n"),
+        (" >&-", "pytest-runs: error: cannot write output: standard output is closed\n"),
+    ],
+)
+def test_output_that_cannot_be_written_is_one_line(
+    pytester: pytest.Pytester, suffix: str, message: str
+) -> None:
+    pytester.makepyfile("def test_a(): pass\n")
+    pytester.runpytest()
+    completed = pytest_runs("show", "1", cwd=pytester.path, shell_suffix=suffix)
+    assert completed.returncode == 4
+    assert completed.stderr == message
