@@ -284,7 +284,13 @@ def test_parse_age_converts_each_unit_to_seconds(text: str, seconds: float) -> N
     assert analysis.parse_age(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "30", "d", "0d", "-1d", "1.5h", "30y", "30D", " 3d"])
+@pytest.mark.parametrize("text", ["0d", "99999999999w"])
+def test_parse_age_rejects_ages_out_of_range(text: str) -> None:
+    with pytest.raises(ValueError, match="expected an age from 1s to 1000 years"):
+        analysis.parse_age(text)
+
+
+@pytest.mark.parametrize("text", ["", "30", "d", "-1d", "1.5h", "30y", "30D", " 3d", "\u0663d"])
 def test_parse_age_rejects_anything_else(text: str) -> None:
     with pytest.raises(ValueError, match="expected an age such as 30d, 12h or 2w"):
         analysis.parse_age(text)

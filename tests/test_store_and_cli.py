@@ -410,7 +410,10 @@ def test_show_text(two_runs: Path) -> None:
             ["show", "99999999999999999999"],
             "expected a run id (a positive number), 'last', got '99999999999999999999'",
         ),
-        (["list", "--limit", "0"], "argument --limit: expected a positive whole number, got '0'"),
+        (
+            ["list", "--limit", "0"],
+            "argument --limit: expected a positive whole number up to 9223372036854775807, got '0'",
+        ),
         (["--store", "foo://x", "list"], "foo://x: unknown store scheme foo://"),
         (["--store", "https://u:tok@h", "list"], "https://u:***@h: https:// stores are not"),
     ],
