@@ -130,3 +130,128 @@ def _resolve_ref(git_dir: Path, ref: str) -> str | None:
         if name == ref:
             return sha
     return None
+
+
+#: Beyond this many tracked files (or files without git) the tree is not
+#: fingerprinted: the cost would show at every session start.
+FINGERPRINT_FILE_LIMIT = 20_000
+_SKIPPED_DIRS = frozenset(
+    {"__pycache__", "node_modules", "build", "dist", "site-packages", ".git", ".hg", ".svn"}
+)
+
+
+def tree_fingerprint(start: Path) -> str | None:
+    """A cheap fingerprint of the working tree, equal exactly when nothing changed.
+
+    In a git repository: the commit plus the content of every tracked file whose
+    size or modification time differs from the index (what ``git status`` looks
+    at first), so a clean checkout of one commit gives the same fingerprint on
+    every machine. Without git: the paths, sizes and modification times of the
+    files under ``start``. ``None`` when it cannot be told cheaply.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    git_dir = find_git_dir(start)
+    if git_dir is not None:
+        info = git_info(start)
+        changed = _changed_tracked_files(
+            git_dir, git_dir.parent if git_dir.name == ".git" else None
+        )
+        if info.commit is None or changed is None:
+            return None
+        digest.update(info.commit.encode())
+        for path in changed:
+            digest.update(b"\0" + os.fsencode(path) + b"\0")
+            try:
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+            except OSError:
+                digest.update(b"deleted")
+        return f"git:{digest.hexdigest()[:32]}"
+    count = 0
+    for directory, names, files in os.walk(start):
+        names[:] = sorted(
+            name
+            for name in names
+            if name not in _SKIPPED_DIRS
+            and not name.startswith(".")
+            and not name.endswith(".egg-info")
+            and not os.path.exists(os.path.join(directory, name, "pyvenv.cfg"))
+        )
+        for name in sorted(files):
+            count += 1
+            if count > FINGERPRINT_FILE_LIMIT:
+                return None
+            file = os.path.join(directory, name)
+            try:
+                status = os.lstat(file)
+            except OSError:
+                continue
+            digest.update(
+                f"{file}\0{status.st_size}\0{status.st_mtime_ns}\n".encode(errors="replace")
+            )
+    return f"files:{digest.hexdigest()[:32]}"
+
+
+def _changed_tracked_files(git_dir: Path, worktree: Path | None) -> list[Path] | None:
+    """Tracked files whose size or mtime differ from the index, or ``None`` when the
+    index cannot be read cheaply (absent, unknown version, too large, a linked
+    worktree whose checkout is elsewhere)."""
+    import struct
+
+    if worktree is None:
+        return None
+    try:
+        data = (git_dir / "index").read_bytes()
+    except OSError:
+        return None
+    if len(data) < 12 or data[:4] != b"DIRC":
+        return None
+    version, count = struct.unpack(">II", data[4:12])
+    if version not in (2, 3, 4) or count > FINGERPRINT_FILE_LIMIT:
+        return None
+    changed: list[Path] = []
+    offset, previous = 12, b""
+    try:
+        for _ in range(count):
+            start = offset
+            (_, _, mtime_s, mtime_ns, _, _, mode, _, _, size) = struct.unpack(
+                ">10I", data[offset : offset + 40]
+            )
+            flags = struct.unpack(">H", data[offset + 60 : offset + 62])[0]
+            offset += 62
+            if version >= 3 and flags & 0x4000:
+                offset += 2
+            if version == 4:
+                byte = data[offset]
+                offset += 1
+                strip = byte & 0x7F
+                while byte & 0x80:  # git's offset varint
+                    byte = data[offset]
+                    offset += 1
+                    strip = ((strip + 1) << 7) | (byte & 0x7F)
+                end = data.index(b"\0", offset)
+                name = previous[: len(previous) - strip] + data[offset:end]
+                offset = end + 1
+            else:
+                end = data.index(b"\0", offset)
+                name = data[offset:end]
+                offset = start + ((end - start) // 8 + 1) * 8
+            previous = name
+            if mode & 0o170000 == 0o160000:  # a submodule
+                continue
+            path = worktree / os.fsdecode(name)
+            try:
+                status = os.lstat(path)
+            except OSError:
+                changed.append(path)
+                continue
+            if (
+                status.st_size & 0xFFFFFFFF != size
+                or int(status.st_mtime) & 0xFFFFFFFF != mtime_s
+                or status.st_mtime_ns % 1_000_000_000 != mtime_ns
+            ):
+                changed.append(path)
+    except (struct.error, ValueError, IndexError):
+        return None
+    return changed

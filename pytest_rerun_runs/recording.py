@@ -25,7 +25,7 @@ from pytest_rerun_runs.collection import (
     retry_finds_anything,
     retry_state_key,
 )
-from pytest_rerun_runs.invocation import ci_info, git_info
+from pytest_rerun_runs.invocation import ci_info, git_info, tree_fingerprint
 from pytest_rerun_runs.planner import retry_mode
 from pytest_rerun_runs.recorder import Recorder, relative_file
 from pytest_rerun_runs.retry_source import RetrySource
@@ -109,6 +109,7 @@ def session_invocation(config: pytest.Config) -> Invocation:
         git=git_info(config.rootpath),
         ci={key: clean_text(value) for key, value in ci_info().items()},
         randomly_seed=seed if isinstance(seed, int) else None,
+        tree=tree_fingerprint(config.rootpath),
     )
 
 
@@ -142,6 +143,7 @@ class RecordingPlugin:
         #: The local id of a run file's run, once imported.
         self.imported_source_id: int | None = None
         self.passed_on_retry: list[str] = []
+        self.invocation: Invocation | None = None
 
     @property
     def retry(self) -> RetryState | None:
@@ -256,9 +258,10 @@ class RecordingPlugin:
                 self.imported_source_id = local_id
                 source_run_id, root_run_id = local_id, imported.root_run_id
                 attempt = imported.attempt + 1
+        self.invocation = session_invocation(self.config)
         return NewRun(
             uid=new_uid(),
-            invocation=session_invocation(self.config),
+            invocation=self.invocation,
             created_at=self.created_at,
             started_at=time.time(),
             label=self.options.label,
@@ -317,6 +320,13 @@ class RecordingPlugin:
             )
         return lines
 
+    def _nothing_changed_since_source(self) -> bool:
+        """Evidence for flakiness: the same working tree (and so the same commit)."""
+        if self.source is None or self.invocation is None:
+            return False
+        recorded = self.source.run.summary.invocation.tree
+        return recorded is not None and recorded == self.invocation.tree
+
     def _missing_line(self) -> str:
         source = self.source
         named = source.describe() if source is not None else "the source run"
@@ -364,9 +374,11 @@ class RecordingPlugin:
             # Under xdist the workers report missing tests only at their end.
             terminalreporter.write_line(self._missing_line(), yellow=True)
         if self.passed_on_retry:
-            terminalreporter.write_line(
-                f"rerun-runs: passed on retry (flaky candidates): {summarize(self.passed_on_retry)}"
-            )
+            if self._nothing_changed_since_source():
+                what = "passed on retry (flaky candidates)"
+            else:
+                what = "passed after changes (fixed, not flaky evidence)"
+            terminalreporter.write_line(f"rerun-runs: {what}: {summarize(self.passed_on_retry)}")
         if run_id is None or self.recorder.disabled:
             return
         terminalreporter.write_line(

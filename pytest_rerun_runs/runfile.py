@@ -190,6 +190,7 @@ def _invocation(value: Any) -> dict[str, Any]:
         "randomly_seed": _optional(
             _integer, data.get("randomly_seed"), f"{where}.randomly_seed", 0, 2**64
         ),
+        "tree": _optional(_text, data.get("tree"), f"{where}.tree", 128),
     }
 
 

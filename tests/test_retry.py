@@ -359,9 +359,9 @@ def test_retry_of_a_retry(
 
 
 def test_passed_on_retry_lists_flaky_candidates(
-    pytester: pytest.Pytester, show: Callable[..., RunDict]
+    pytester: pytest.Pytester, show: Callable[..., RunDict], tmp_path: Path
 ) -> None:
-    marker = pytester.path / "seen"
+    marker = tmp_path / "seen"  # outside the tree: nothing there changes
     pytester.makepyfile(
         f"""
         import os
@@ -637,3 +637,54 @@ def test_a_retry_that_finds_nothing_writes_nothing_even_with_collection_errors(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: *none of the 1 planned tests exist any more*"])
     assert store_path.read_bytes() == before
+
+
+FLAKY_ONCE = """
+import os
+
+def test_flaky():
+    first = not os.path.exists({marker!r})
+    open({marker!r}, "w").close()
+    assert not first
+"""
+
+
+def git(directory: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.email=t@example.org", "-c", "user.name=t", *args],
+        cwd=directory,
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.mark.parametrize("with_git", [True, False])
+def test_a_pass_after_changes_is_fixed_not_flaky(
+    pytester: pytest.Pytester, tmp_path: Path, with_git: bool
+) -> None:
+    pytester.makepyfile(test_f=FLAKY_ONCE.format(marker=str(tmp_path / "seen")))
+    helper = pytester.makepyfile(helper="VALUE = 1\n")
+    if with_git:
+        git(pytester.path, "init", "-q")
+        git(pytester.path, "add", "test_f.py", "helper.py")
+        git(pytester.path, "commit", "-qm", "first")
+    pytester.runpytest()
+    helper.write_text("VALUE = 2  # the fix\n")
+    result = pytester.runpytest("--retry-run=1", "--failed-only")
+    result.stdout.fnmatch_lines(
+        ["rerun-runs: passed after changes (fixed, not flaky evidence): test_f.py::test_flaky"]
+    )
+
+
+def test_a_clean_checkout_of_one_commit_is_evidence(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_f=FLAKY_ONCE.format(marker=str(tmp_path / "seen")))
+    git(pytester.path, "init", "-q")
+    git(pytester.path, "add", "test_f.py")
+    git(pytester.path, "commit", "-qm", "first")
+    pytester.runpytest()
+    result = pytester.runpytest("--retry-run=1", "--failed-only")
+    result.stdout.fnmatch_lines(
+        ["rerun-runs: passed on retry (flaky candidates): test_f.py::test_flaky"]
+    )

@@ -90,6 +90,8 @@ class Invocation:
     ci: dict[str, str] = field(default_factory=dict)
     #: pytest-randomly's seed, when it was active.
     randomly_seed: int | None = None
+    #: A fingerprint of the working tree: equal exactly when nothing changed.
+    tree: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -302,6 +304,7 @@ class Run:
                 "git": {"branch": inv.git.branch, "commit": inv.git.commit},
                 "ci": dict(inv.ci),
                 "randomly_seed": inv.randomly_seed,
+                "tree": inv.tree,
             },
             "selection": [test.nodeid for test in self.selection],
             "deselected": s.deselected,
