@@ -4,7 +4,7 @@ policy, retry argument replay. No pytest and no I/O."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,8 +103,10 @@ class FlakyTest:
     commit: str | None
     failed_in: list[int] = field(default_factory=list)
     passed_in: list[int] = field(default_factory=list)
-    #: Runs whose retry (at the same commit) passed a test that failed in them.
+    #: Runs whose retry (with the same working tree) passed a test that failed in them.
     passed_on_retry: list[tuple[int, int]] = field(default_factory=list)
+    #: The working-tree fingerprint the outcomes share.
+    tree: str | None = None
 
     @property
     def score(self) -> tuple[int, int]:
@@ -114,6 +116,7 @@ class FlakyTest:
         return {
             "nodeid": self.nodeid,
             "commit": self.commit,
+            "tree": self.tree,
             "failed": len(self.failed_in),
             "passed": len(self.passed_in),
             "failed_in": self.failed_in,
@@ -125,46 +128,105 @@ class FlakyTest:
         }
 
 
-def find_flaky(runs: Iterable[Run], sources: dict[int, Run] | None = None) -> list[FlakyTest]:
-    """Tests that failed in a run and passed in a retry of it at the same commit, and
-    tests with both passing and failing outcomes at one commit, most evident first."""
-    runs = list(runs)
-    by_id = {run.id: run for run in runs} | (sources or {})
-    found: dict[tuple[str, str | None], FlakyTest] = {}
+@dataclass(frozen=True)
+class FixedTest:
+    """A test that passed in a retry after failing in its source, with something
+    changed in between (or no way to tell): fixed, not flaky evidence."""
 
-    def entry(nodeid: str, commit: str | None) -> FlakyTest:
-        key = (nodeid, commit)
+    nodeid: str
+    failed_in: int
+    passed_in: int
+
+
+@dataclass(frozen=True)
+class RunOutcomes:
+    """What flaky detection needs of one run: which tests failed, and which of
+    the tests of interest passed."""
+
+    summary: RunSummary
+    failed: frozenset[str]
+    passed: frozenset[str]
+
+    @classmethod
+    def of(cls, run: Run) -> RunOutcomes:
+        outcomes = final_outcomes(run)
+        return cls(
+            run.summary,
+            frozenset(n for n, o in outcomes.items() if o in FAILING_OUTCOMES),
+            frozenset(n for n, o in outcomes.items() if o == "passed"),
+        )
+
+
+@dataclass
+class FlakyReport:
+    flaky: list[FlakyTest]
+    fixed: list[FixedTest]
+
+
+def find_flaky(runs: Iterable[Run], sources: dict[int, Run] | None = None) -> list[FlakyTest]:
+    """:func:`flaky_report`'s flaky tests, from whole runs."""
+    return flaky_report(
+        [RunOutcomes.of(run) for run in runs],
+        {run_id: RunOutcomes.of(run) for run_id, run in (sources or {}).items()},
+    ).flaky
+
+
+def flaky_report(
+    runs: Sequence[RunOutcomes], sources: Mapping[int, RunOutcomes] | None = None
+) -> FlakyReport:
+    """Tests that failed and passed with nothing changed in between, most evident
+    first: passed in a retry of the failing run, or both outcomes with one working
+    tree. Evidence needs the same working-tree fingerprint (so the same commit);
+    without it a pass after a failure is reported as fixed."""
+    by_id = {run.summary.id: run for run in runs} | dict(sources or {})
+    found: dict[tuple[str, str], FlakyTest] = {}
+
+    def entry(nodeid: str, tree: str, commit: str | None) -> FlakyTest:
+        key = (nodeid, tree)
         if key not in found:
-            found[key] = FlakyTest(nodeid, commit)
+            found[key] = FlakyTest(nodeid, commit, tree=tree)
         return found[key]
 
-    outcomes: dict[tuple[str, str | None], dict[str, list[int]]] = defaultdict(
+    seen: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(
         lambda: {"bad": [], "passed": []}
     )
+    fixed: list[FixedTest] = []
+    commits: dict[str, str | None] = {}
     for run in runs:
-        commit = run.summary.invocation.git.commit
-        for nodeid, outcome in final_outcomes(run).items():
-            if outcome in FAILING_OUTCOMES:
-                outcomes[(nodeid, commit)]["bad"].append(run.id)
-            elif outcome == "passed":
-                outcomes[(nodeid, commit)]["passed"].append(run.id)
+        inv = run.summary.invocation
+        tree = inv.tree
+        if tree is not None:
+            commits[tree] = inv.git.commit
+            for nodeid in run.failed:
+                seen[(nodeid, tree)]["bad"].append(run.summary.id)
+            for nodeid in run.passed:
+                seen[(nodeid, tree)]["passed"].append(run.summary.id)
         source = by_id.get(run.summary.source_run_id or -1)
-        if source is None or source.summary.invocation.git.commit != commit:
+        if source is None:
             continue
-        before = final_outcomes(source)
-        for nodeid, outcome in final_outcomes(run).items():
-            if outcome == "passed" and before.get(nodeid) in FAILING_OUTCOMES:
-                entry(nodeid, commit).passed_on_retry.append((source.id, run.id))
-    for (nodeid, commit), seen in outcomes.items():
-        if seen["bad"] and seen["passed"]:
-            flaky = entry(nodeid, commit)
-            flaky.failed_in, flaky.passed_in = sorted(seen["bad"]), sorted(seen["passed"])
+        same_tree = tree is not None and source.summary.invocation.tree == tree
+        for nodeid in sorted(run.passed & source.failed):
+            if same_tree:
+                assert tree is not None
+                entry(nodeid, tree, inv.git.commit).passed_on_retry.append(
+                    (source.summary.id, run.summary.id)
+                )
+            else:
+                fixed.append(FixedTest(nodeid, source.summary.id, run.summary.id))
+    for (nodeid, tree), outcomes in seen.items():
+        if (outcomes["bad"] and outcomes["passed"]) or (nodeid, tree) in found:
+            flaky = entry(nodeid, tree, commits.get(tree))
+            flaky.failed_in = sorted(outcomes["bad"])
+            flaky.passed_in = sorted(outcomes["passed"])
     for flaky in found.values():
         flaky.passed_on_retry.sort()
-        if not flaky.failed_in and not flaky.passed_in:
-            seen = outcomes[(flaky.nodeid, flaky.commit)]
-            flaky.failed_in, flaky.passed_in = sorted(seen["bad"]), sorted(seen["passed"])
-    return sorted(found.values(), key=lambda f: (f.score, f.nodeid), reverse=True)
+        for failed, passed in flaky.passed_on_retry:
+            if failed not in flaky.failed_in:
+                flaky.failed_in = sorted([*flaky.failed_in, failed])
+            if passed not in flaky.passed_in:
+                flaky.passed_in = sorted([*flaky.passed_in, passed])
+    ordered = sorted(found.values(), key=lambda f: (-f.score[0], -f.score[1], f.nodeid))
+    return FlakyReport(ordered, sorted(fixed, key=lambda f: (f.passed_in, f.nodeid)))
 
 
 def runs_to_prune(

@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -18,8 +19,9 @@ from typing import Any, NoReturn, TextIO
 from pytest_rerun_runs import locate
 from pytest_rerun_runs.analysis import (
     LineageNode,
+    RunOutcomes,
     diff_runs,
-    find_flaky,
+    flaky_report,
     lineage_tree,
     parse_age,
     replayable_args,
@@ -34,6 +36,8 @@ from pytest_rerun_runs.retry_source import (
 )
 from pytest_rerun_runs.store import (
     DEFAULT_STALE_AFTER,
+    FAILING_OUTCOMES,
+    OPEN_STATUSES,
     RETRY_OUTCOMES,
     InputsNotRetained,
     Result,
@@ -658,42 +662,82 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def flaky_outcomes(store: RunStore, last: int) -> tuple[list[RunOutcomes], dict[int, RunOutcomes]]:
+    """The outcomes flaky detection needs from the newest ``last`` runs (and the
+    older runs they retried), read in two passes so that memory holds failures,
+    not whole runs: first what failed in each run, then only those tests'
+    outcomes where they could have passed."""
+    summaries = [
+        s for s in store.list_runs(last) if s.pruned_at is None and s.status not in OPEN_STATUSES
+    ]
+
+    def failing(run_id: int) -> frozenset[str]:
+        return frozenset(r.nodeid for r in store.get_run(run_id, FAILING_OUTCOMES).results)
+
+    failed = {s.id: failing(s.id) for s in summaries}
+    sources: dict[int, RunOutcomes] = {}
+    for summary in summaries:
+        source = summary.source_run_id
+        if source is None or source in failed:
+            continue
+        try:
+            failed[source] = failing(source)
+            sources[source] = RunOutcomes(store.get_summary(source), failed[source], frozenset())
+        except RunsError:
+            continue  # pruned or gone: no evidence
+    failing_with_tree: dict[str, set[str]] = defaultdict(set)
+    for summary in summaries:
+        if summary.invocation.tree is not None:
+            failing_with_tree[summary.invocation.tree] |= failed[summary.id]
+    runs = []
+    for summary in summaries:
+        wanted = set(failing_with_tree.get(summary.invocation.tree or "", ()))
+        if summary.source_run_id is not None:
+            wanted |= failed.get(summary.source_run_id, frozenset())
+        wanted -= failed[summary.id]
+        passed = frozenset(
+            store.get_outcomes(summary.id, wanted, only=("passed",)) if wanted else ()
+        )
+        runs.append(RunOutcomes(summary, failed[summary.id], passed))
+    return runs, sources
+
+
 def cmd_flaky(args: argparse.Namespace, out: TextIO) -> int:
     store = open_existing_store(args.store)
     try:
-        summaries = [s for s in store.list_runs(args.last) if s.pruned_at is None]
-        runs = [store.get_run(s.id) for s in summaries]
-        known = {run.id for run in runs}
-        sources = {
-            s.source_run_id: store.get_run(s.source_run_id)
-            for s in summaries
-            if s.source_run_id is not None and s.source_run_id not in known
-        }
+        runs, sources = flaky_outcomes(store, args.last)
     finally:
         store.close()
-    flaky = find_flaky(runs, sources)
+    report = flaky_report(runs, sources)
     if args.format == "json":
-        write_json([f.to_dict() for f in flaky], out)
+        write_json([f.to_dict() for f in report.flaky], out)
         return 0
-    if not flaky:
+    if not report.flaky:
         out.write(f"no flaky tests in the last {len(runs)} runs\n")
-        return 0
-    rows = [["TEST", "FAILED", "PASSED", "RETRY PASSES", "COMMIT", "EVIDENCE"]]
-    for f in flaky:
-        evidence = ", ".join(f"{a}->{b}" for a, b in f.passed_on_retry) or (
-            f"failed in {summarize(f.failed_in, 6)}; passed in {summarize(f.passed_in, 6)}"
-        )
-        rows.append(
-            [
-                escape(f.nodeid),
-                str(len(f.failed_in)),
-                str(len(f.passed_in)),
-                str(len(f.passed_on_retry)),
-                (f.commit or "-")[:12],
-                evidence,
-            ]
-        )
-    print_table(rows, out)
+    else:
+        rows = [["TEST", "FAILED", "PASSED", "RETRY PASSES", "COMMIT", "EVIDENCE"]]
+        for f in report.flaky:
+            evidence = ", ".join(f"{a}->{b}" for a, b in f.passed_on_retry) or (
+                f"failed in {summarize(f.failed_in, 6)}; passed in {summarize(f.passed_in, 6)}"
+            )
+            rows.append(
+                [
+                    escape(f.nodeid),
+                    str(len(f.failed_in)),
+                    str(len(f.passed_in)),
+                    str(len(f.passed_on_retry)),
+                    (f.commit or "-")[:12],
+                    evidence,
+                ]
+            )
+        print_table(rows, out)
+    if report.fixed:
+        out.write(f"passed after changes (fixed, not flaky evidence): {len(report.fixed)}\n")
+        for fixed in report.fixed:
+            out.write(
+                f"  {escape(fixed.nodeid)}: failed in run {fixed.failed_in},"
+                f" passed in its retry {fixed.passed_in}\n"
+            )
     return 0
 
 

@@ -135,6 +135,12 @@ def _resolve_ref(git_dir: Path, ref: str) -> str | None:
 #: Beyond this many tracked files (or files without git) the tree is not
 #: fingerprinted: the cost would show at every session start.
 FINGERPRINT_FILE_LIMIT = 20_000
+#: Without git, the files whose change can change what tests do: code and configuration
+#: (not the data files tests write as they run).
+_SOURCE_SUFFIXES = frozenset(
+    {".py", ".pyi", ".pyx", ".pxd", ".pyd", ".so", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs"}
+    | {".toml", ".cfg", ".ini"}
+)
 _SKIPPED_DIRS = frozenset(
     {"__pycache__", "node_modules", "build", "dist", "site-packages", ".git", ".hg", ".svn"}
 )
@@ -147,7 +153,8 @@ def tree_fingerprint(start: Path) -> str | None:
     size or modification time differs from the index (what ``git status`` looks
     at first), so a clean checkout of one commit gives the same fingerprint on
     every machine. Without git: the paths, sizes and modification times of the
-    files under ``start``. ``None`` when it cannot be told cheaply.
+    code and configuration files under ``start``. ``None`` when it cannot be told
+    cheaply.
     """
     import hashlib
 
@@ -179,6 +186,8 @@ def tree_fingerprint(start: Path) -> str | None:
             and not os.path.exists(os.path.join(directory, name, "pyvenv.cfg"))
         )
         for name in sorted(files):
+            if os.path.splitext(name)[1] not in _SOURCE_SUFFIXES:
+                continue
             count += 1
             if count > FINGERPRINT_FILE_LIMIT:
                 return None

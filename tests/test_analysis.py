@@ -61,7 +61,11 @@ def make_run(
         mode=mode,
         reason=reason,
         counts=count_outcomes(results),
-        invocation=dataclasses.replace(make_invocation(), git=GitInfo(commit=commit)),
+        invocation=dataclasses.replace(
+            make_invocation(),
+            git=GitInfo(commit=commit),
+            tree=None if commit is None else f"git:{commit}",
+        ),
         deselected=0,
         missing=[],
         pruned_at=pruned_at,
@@ -228,7 +232,9 @@ def test_find_flaky_reports_a_test_that_failed_and_passed_at_one_commit() -> Non
     ]
 
     assert analysis.find_flaky(runs) == [
-        FlakyTest("t.py::a", "abc", failed_in=[1], passed_in=[2], passed_on_retry=[])
+        FlakyTest(
+            "t.py::a", "abc", failed_in=[1], passed_in=[2], passed_on_retry=[], tree="git:abc"
+        )
     ]
 
 
@@ -248,7 +254,9 @@ def test_find_flaky_records_a_retry_that_passed_a_failure() -> None:
     ]
 
     assert analysis.find_flaky(runs) == [
-        FlakyTest("t.py::a", "abc", failed_in=[1], passed_in=[2], passed_on_retry=[(1, 2)])
+        FlakyTest(
+            "t.py::a", "abc", failed_in=[1], passed_in=[2], passed_on_retry=[(1, 2)], tree="git:abc"
+        )
     ]
 
 
@@ -271,6 +279,31 @@ def test_find_flaky_lists_retry_evidence_before_mixed_outcomes() -> None:
     ]
 
     assert [f.nodeid for f in analysis.find_flaky(runs)] == ["t.py::b", "t.py::a"]
+
+
+def test_a_retry_that_passes_after_changes_is_fixed_not_flaky() -> None:
+    source = analysis.RunOutcomes.of(make_run(1, {"t.py::a": "failed"}, commit="abc"))
+    changed = make_run(2, {"t.py::a": "passed"}, commit="abc", source_run_id=1)
+    changed = dataclasses.replace(
+        changed,
+        summary=dataclasses.replace(
+            changed.summary,
+            invocation=dataclasses.replace(changed.summary.invocation, tree="git:dirty"),
+        ),
+    )
+    report = analysis.flaky_report([analysis.RunOutcomes.of(changed), source])
+    assert report.flaky == []
+    assert report.fixed == [analysis.FixedTest("t.py::a", failed_in=1, passed_in=2)]
+
+
+def test_without_a_fingerprint_there_is_no_evidence() -> None:
+    runs = [
+        make_run(1, {"t.py::a": "failed"}),
+        make_run(2, {"t.py::a": "passed"}, source_run_id=1),
+    ]
+    report = analysis.flaky_report([analysis.RunOutcomes.of(run) for run in runs])
+    assert report.flaky == []
+    assert [(f.failed_in, f.passed_in) for f in report.fixed] == [(1, 2)]
 
 
 # parse_age

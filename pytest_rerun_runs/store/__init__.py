@@ -184,6 +184,14 @@ class RunStore(Protocol):
 
     def get_summary(self, run_id: int) -> RunSummary: ...
 
+    def get_outcomes(
+        self, run_id: int, nodeids: Collection[str], only: Collection[str] | None = None
+    ) -> dict[str, Outcome]:
+        """The outcomes of just these selected tests (``not_run`` where none was
+        stored); with ``only``, just the tests with those outcomes. What a question
+        about a few tests of many runs needs."""
+        ...
+
     def find_run(self, uid: str) -> int | None:
         """The id of the run with ``uid``, if this store has it."""
         ...

@@ -489,6 +489,8 @@ def results_in_selection_order(
     With ``outcomes``, only those outcomes (``stored`` is already filtered; a
     ``not_run`` result is made for each selected position not in ``reported``).
     """
+    if outcomes is not None and "not_run" not in outcomes:
+        return sorted(stored, key=lambda result: result.position)
     size = len(selection)
     by_position: dict[int, Result] = {}
     extras: list[Result] = []

@@ -14,6 +14,7 @@ Triggers make finished runs immutable in the database itself.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -45,6 +46,7 @@ from pytest_rerun_runs.store.model import (
     Counts,
     Invocation,
     NewRun,
+    Outcome,
     Result,
     Run,
     RunFinish,
@@ -259,12 +261,23 @@ def encode_selection(tests: Sequence[SelectedTest]) -> bytes:
 def decode_selection(blob: bytes | None) -> list[SelectedTest]:
     if not blob:
         return []
+    return list(_decoded(blob)[0])
+
+
+@functools.lru_cache(maxsize=8)
+def _decoded(blob: bytes) -> tuple[tuple[SelectedTest, ...], dict[str, int]]:
+    """A selection and each node id's first position. Runs of one suite share
+    their selection, so reading many runs decodes it once."""
     payload = json.loads(zlib.decompress(blob))
     files = payload["files"]
-    return [
+    tests = tuple(
         SelectedTest(nodeid, files[index])
         for nodeid, index in zip(payload["nodeids"], payload["file_of"], strict=True)
-    ]
+    )
+    first: dict[str, int] = {}
+    for position, test in enumerate(tests):
+        first.setdefault(test.nodeid, position)
+    return tests, first
 
 
 def _micros(seconds: float) -> int:
@@ -868,6 +881,42 @@ class SqliteStore:
         ]
         results = results_in_selection_order(selection, stored, outcomes, reported)
         return Run(summary=summary, selection=selection, results=results)
+
+    def get_outcomes(
+        self, run_id: int, nodeids: Collection[str], only: Collection[str] | None = None
+    ) -> dict[str, Outcome]:
+        with self._errors("read"):
+            row = self._connection.execute(
+                "SELECT selection FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise RunNotFound(f"run {run_id} not found in {self.location}", run_id=run_id)
+            try:
+                first = _decoded(row[0])[1] if row[0] else {}
+            except (ValueError, TypeError, KeyError, IndexError, zlib.error) as exc:
+                raise RunDamaged(
+                    f"run {run_id} in {self.location} is damaged ({exc}); other runs are readable",
+                    run_id=run_id,
+                ) from None
+            position_of = {first[nodeid]: nodeid for nodeid in nodeids if nodeid in first}
+            found: dict[str, Outcome] = {}
+            if only is None or "not_run" in only:
+                found = dict.fromkeys(position_of.values(), "not_run")
+            codes = [code for code, name in enumerate(OUTCOMES) if only is None or name in only]
+            positions = sorted(position_of)
+            for start in range(0, len(positions), 900):
+                chunk = positions[start : start + 900]
+                # One row per outcome, its positions joined: reading many tests of
+                # many runs is dominated by rows, not by bytes.
+                for outcome, joined in self._connection.execute(
+                    "SELECT outcome, group_concat(position) FROM results WHERE run_id = ?"
+                    f" AND position IN ({', '.join('?' * len(chunk))})"
+                    f" AND outcome IN ({', '.join('?' * len(codes))}) GROUP BY outcome",
+                    (run_id, *chunk, *codes),
+                ):
+                    tests = map(position_of.__getitem__, map(int, joined.split(",")))
+                    found.update(dict.fromkeys(tests, OUTCOMES[outcome]))
+        return found
 
     def lineage(self, run_id: int) -> list[RunSummary]:
         root = self.get_summary(run_id).root_run_id
