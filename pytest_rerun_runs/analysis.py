@@ -74,26 +74,40 @@ def final_outcomes(run: Run) -> dict[str, str]:
 
 
 def diff_runs(before: Run, after: Run) -> dict[str, list[str]]:
-    """What changed from ``before`` to ``after``, by node id."""
+    """What changed from ``before`` to ``after``, by node id.
+
+    When ``after`` retried part of ``before`` (failed-only or narrowed), only what
+    it ran is compared; the tests it did not retry are listed as ``not_retried``,
+    not as ``disappeared``.
+    """
     old, new = final_outcomes(before), final_outcomes(after)
+    partial_retry = after.summary.source_run_id == before.id and after.summary.mode != "full"
     diff: dict[str, list[str]] = {
         "broke": [],
         "fixed": [],
         "still_failing": [],
+        "changed": [],
         "appeared": [n for n in new if n not in old],
-        "disappeared": [n for n in old if n not in new],
+        "disappeared": [] if partial_retry else [n for n in old if n not in new],
     }
+    if partial_retry:
+        diff["not_retried"] = [n for n in old if n not in new]
     for nodeid, outcome in new.items():
         previous = old.get(nodeid)
-        if previous is None:
+        if previous is None or previous == outcome:
             continue
         was_bad, is_bad = previous in FAILING_OUTCOMES, outcome in FAILING_OUTCOMES
         if is_bad and was_bad:
             diff["still_failing"].append(nodeid)
-        elif is_bad and previous == "passed":
+        elif is_bad:
             diff["broke"].append(nodeid)
         elif was_bad and outcome == "passed":
             diff["fixed"].append(nodeid)
+        else:
+            diff["changed"].append(nodeid)
+    for nodeid, outcome in new.items():
+        if old.get(nodeid) == outcome and outcome in FAILING_OUTCOMES:
+            diff["still_failing"].append(nodeid)
     return diff
 
 

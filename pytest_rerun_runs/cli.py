@@ -655,10 +655,16 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
         write_json({"before": before.id, "after": after.id, **diff}, out)
         return 0
     out.write(f"run {before.id} -> run {after.id}\n")
+    not_retried = diff.pop("not_retried", None)
     for name, nodeids in diff.items():
         out.write(f"{name.replace('_', ' ')} ({len(nodeids)})\n")
         for nodeid in nodeids:
             out.write(f"  {escape(nodeid)}\n")
+    if not_retried is not None:
+        out.write(
+            f"not retried ({len(not_retried)}): run {after.id} ran {after.summary.mode}"
+            f" ({len(after.selection)} of run {before.id}'s {len(before.selection)} tests)\n"
+        )
     return 0
 
 

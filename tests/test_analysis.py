@@ -183,7 +183,14 @@ def test_lineage_node_to_dict_describes_the_whole_tree() -> None:
 
 
 def no_changes() -> dict[str, list[str]]:
-    return {"broke": [], "fixed": [], "still_failing": [], "appeared": [], "disappeared": []}
+    return {
+        "broke": [],
+        "fixed": [],
+        "still_failing": [],
+        "changed": [],
+        "appeared": [],
+        "disappeared": [],
+    }
 
 
 @pytest.mark.parametrize(

@@ -221,11 +221,37 @@ def test_diff(pytester: pytest.Pytester, store_path: Path) -> None:
         "broke": ["test_d.py::test_breaks"],
         "fixed": ["test_d.py::test_fixed"],
         "still_failing": ["test_d.py::test_still"],
+        "changed": [],
         "appeared": ["test_d.py::test_new"],
         "disappeared": ["test_d.py::test_gone"],
     }
     text = cli_ok("--store", str(store_path), "diff", "1", "last")
     assert "broke (1)\n  test_d.py::test_breaks\n" in text
+
+
+def test_diff_of_a_partial_retry_compares_what_it_ran(
+    pytester: pytest.Pytester, store_path: Path
+) -> None:
+    pytester.makepyfile(
+        test_d="import pytest\n@pytest.mark.parametrize('n', range(50))\n"
+        "def test_n(n): assert n not in (3, 7)\n"
+    )
+    pytester.runpytest()
+    pytester.makepyfile(
+        test_d="import pytest\n@pytest.mark.parametrize('n', range(50))\n"
+        "def test_n(n): assert n != 7\n"
+    )
+    pytester.runpytest("--retry-run=1", "--failed-only")
+    diff = json.loads(cli_ok("--store", str(store_path), "diff", "1", "2", "--format", "json"))
+    assert (diff["fixed"], diff["still_failing"]) == (
+        ["test_d.py::test_n[3]"],
+        ["test_d.py::test_n[7]"],
+    )
+    assert diff["disappeared"] == []
+    assert len(diff["not_retried"]) == 48
+    text = cli_ok("--store", str(store_path), "diff", "1", "2")
+    assert "not retried (48): run 2 ran failed_only (2 of run 1's 50 tests)\n" in text
+    assert "test_d.py::test_n[0]" not in text
 
 
 def test_flaky_report(family: Path) -> None:

@@ -216,6 +216,23 @@ def test_a_queued_run_takes_no_results_before_it_is_claimed(store: RunStore) -> 
     assert store.get_summary(run_id).status == "queued"
 
 
+def test_outcomes_of_a_few_tests(store: RunStore) -> None:
+    run_id = store.create_run(make_new_run(), ABC)
+    store.finish_run(
+        run_id,
+        RunFinish(1, 2.0),
+        [
+            Result("t.py::a", "passed", "call", position=0),
+            Result("t.py::b", "failed", "call", position=1),
+        ],
+    )
+    wanted = ["t.py::a", "t.py::c", "t.py::gone"]
+    assert store.get_outcomes(run_id, wanted) == {"t.py::a": "passed", "t.py::c": "not_run"}
+    assert store.get_outcomes(run_id, ["t.py::a", "t.py::b"], only=["passed"]) == {
+        "t.py::a": "passed"
+    }
+
+
 # -- finishing and immutability ---------------------------------------------------------
 
 
