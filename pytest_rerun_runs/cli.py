@@ -408,6 +408,8 @@ def write_run_text(run: Run, out: TextIO, style: Style) -> None:
             f"  retry of  run {s.source_run_id} (root {s.root_run_id}, attempt {s.attempt},"
             f" {s.mode}{reason})"
         )
+    if s.contributors:
+        lines.append(f"  failing   the failing tests of runs {summarize(s.contributors, 20)}")
     if s.origin:
         where = redact_url(str(s.origin.get("store") or "?"))
         lines.append(f"  imported  run {s.origin.get('run_id')} of {escape(where)}")

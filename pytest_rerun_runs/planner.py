@@ -30,8 +30,9 @@ class RetryPlan:
     """What a retry runs; the same object on the controller and, through
     :meth:`to_dict`/:meth:`from_dict`, on every xdist worker."""
 
-    source_run_id: int
-    root_run_id: int
+    #: ``None`` for a ``failing`` retry: a new root made of many runs' failures.
+    source_run_id: int | None
+    root_run_id: int | None
     attempt: int
     mode: RetryMode
     reason: str | None
@@ -43,6 +44,8 @@ class RetryPlan:
     collectors: tuple[SelectedTest, ...]
     #: Number of tests in the source's selection.
     source_size: int
+    #: The runs whose failures a ``failing`` retry runs again.
+    contributors: tuple[int, ...] = ()
 
     @property
     def files(self) -> list[str]:
@@ -65,13 +68,14 @@ class RetryPlan:
             "tests": [list(t) for t in self.tests],
             "collectors": [list(c) for c in self.collectors],
             "source_size": self.source_size,
+            "contributors": list(self.contributors),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RetryPlan:
         return cls(
-            source_run_id=int(data["source_run_id"]),
-            root_run_id=int(data["root_run_id"]),
+            source_run_id=_optional_int(data["source_run_id"]),
+            root_run_id=_optional_int(data["root_run_id"]),
             attempt=int(data["attempt"]),
             mode=data["mode"],
             reason=data["reason"],
@@ -79,7 +83,12 @@ class RetryPlan:
             tests=tuple(SelectedTest(str(n), str(f)) for n, f in data["tests"]),
             collectors=tuple(SelectedTest(str(n), str(f)) for n, f in data["collectors"]),
             source_size=int(data["source_size"]),
+            contributors=tuple(int(i) for i in data.get("contributors", ())),
         )
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def plan_retry(
@@ -169,3 +178,49 @@ def retry_mode(plan: RetryPlan, selected: set[str], missing: Sequence[str]) -> R
     gone = set(missing)
     narrowed = any(t.nodeid not in selected and t.nodeid not in gone for t in plan.tests)
     return "subset" if narrowed else plan.mode
+
+
+#: How many of the newest runs ``failing`` reads: a test that has not run for
+#: that long is not "failing" any more, it is gone.
+FAILING_HISTORY = 200
+
+
+def plan_failing(history: Sequence[Run], order: RetryOrder = "recorded") -> RetryPlan:
+    """A new root run of every test whose most recent outcome in ``history``
+    (finished runs, newest first) is ``failed`` or ``error``: what ``--lf``
+    means, built from every recorded session instead of the last one.
+    ``not_run`` decides nothing; collection errors count as failing files."""
+    latest: dict[str, str] = {}
+    where: dict[str, tuple[SelectedTest, int, bool]] = {}
+    for run in history:
+        selected = {test.nodeid: test for test in run.selection}
+        for result in run.results:
+            if result.outcome == "not_run" or result.nodeid in latest:
+                continue
+            latest[result.nodeid] = result.outcome
+            test = selected.get(result.nodeid)
+            collector = test is None
+            if test is None:
+                test = SelectedTest(result.nodeid, result.file or result.nodeid.split("::")[0])
+            where[result.nodeid] = (test, run.id, collector and result.when == "collect")
+    failing = [n for n, outcome in latest.items() if outcome in ("failed", "error")]
+    if not failing:
+        raise NothingToRetry("no test is failing in the recorded history of this rootdir")
+    newest_first = {run.id: index for index, run in enumerate(history)}
+    # Oldest contributing run first, each run's tests in its recorded order.
+    failing.sort(key=lambda n: -newest_first[where[n][1]])
+    tests = tuple(where[n][0] for n in failing if not where[n][2])
+    collectors = tuple(where[n][0] for n in failing if where[n][2])
+    contributors = tuple(sorted({where[n][1] for n in failing}))
+    return RetryPlan(
+        source_run_id=None,
+        root_run_id=None,
+        attempt=1,
+        mode="failing",
+        reason=None,
+        order=order,
+        tests=tests,
+        collectors=collectors,
+        source_size=len(latest),
+        contributors=contributors,
+    )

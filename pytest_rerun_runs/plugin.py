@@ -10,6 +10,7 @@ plan through its workerinput and registers only the narrowing.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,13 +196,23 @@ def plan_retry(config: pytest.Config, options: RecordingOptions) -> RetrySource:
     prefix = f"--retry-run {value if len(value) <= 40 else value[:40] + '...'}"
     try:
         reference = parse_run_reference(value, base=config.invocation_params.dir)
-        source = resolve_source(reference, options.store_location, stale_after=options.stale_after)
-        plan = planner.plan_retry(
-            source.run,
-            failed_only=config.getoption("failed_only"),
-            reason=config.getoption("retry_reason"),
-            order=config.getoption("retry_order") or "recorded",
+        order: planner.RetryOrder = config.getoption("retry_order") or "recorded"
+        source = resolve_source(
+            reference,
+            options.store_location,
+            stale_after=options.stale_after,
+            rootdir=str(config.rootpath),
+            order=order,
         )
+        if source.plan is not None:  # failing: the source decides the plan
+            plan = dataclasses.replace(source.plan, reason=config.getoption("retry_reason"))
+        else:
+            plan = planner.plan_retry(
+                source.run,
+                failed_only=config.getoption("failed_only"),
+                reason=config.getoption("retry_reason"),
+                order=order,
+            )
     except RunsError as exc:
         from pytest_rerun_runs.store import NothingToRetry
 

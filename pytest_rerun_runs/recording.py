@@ -271,6 +271,7 @@ class RecordingPlugin:
             attempt=attempt,
             mode=self._mode(),
             reason=reason,
+            contributors=retry.plan.contributors if retry is not None else (),
         )
 
     def _start(self, tests: list[SelectedTest]) -> None:
@@ -294,7 +295,9 @@ class RecordingPlugin:
         retry, source = self.retry, self.source
         if retry is not None and source is not None:
             plan = retry.plan
-            mode = {"full": "all tests", "failed_only": "failed-only"}[plan.mode]
+            mode = {"full": "all tests", "failed_only": "failed-only", "failing": "failing"}.get(
+                plan.mode, plan.mode
+            )
             imported = ""
             if self.imported_source_id is not None:
                 imported = f", imported as run {self.imported_source_id}"

@@ -11,35 +11,44 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_rerun_runs.store import (
     DEFAULT_STALE_AFTER,
+    FAILING_OUTCOMES,
+    OPEN_STATUSES,
     RETRY_OUTCOMES,
     InvalidRunFile,
     InvalidRunReference,
+    Result,
     Run,
     RunStore,
     StoreError,
     open_store,
 )
 
+if TYPE_CHECKING:
+    from pytest_rerun_runs.planner import RetryOrder, RetryPlan
+
 #: The largest run id any backend can hold (a signed 64-bit integer).
 MAX_RUN_ID = 2**63 - 1
 LAST = "last"
+FAILING = "failing"
 
 
 @dataclass(frozen=True)
 class RunReference:
-    """A run named by id, by ``last`` (the newest finished run) or by a run file."""
+    """A run named by id, by ``last`` (the newest finished run), by a run file, or
+    ``failing`` (the tests whose latest outcome is a failure)."""
 
     text: str
     run_id: int | None = None
     file: Path | None = None
+    failing: bool = False
 
     @property
     def is_last(self) -> bool:
-        return self.run_id is None and self.file is None
+        return self.run_id is None and self.file is None and not self.failing
 
     def __str__(self) -> str:
         return self.text
@@ -54,19 +63,22 @@ def parse_run_id(text: str) -> int | None:
 
 
 def parse_run_reference(text: str, *, base: Path | None = None) -> RunReference:
-    """``ID`` or ``last``; with ``base``, also a run file relative to ``base``.
+    """``ID`` or ``last``; with ``base`` (for ``--retry-run``), also ``failing`` and
+    a run file relative to ``base`` (``./failing`` names a file).
 
     Raises :class:`InvalidRunReference` for anything else.
     """
     if text == LAST:
         return RunReference(text)
+    if text == FAILING and base is not None:
+        return RunReference(text, failing=True)
     run_id = parse_run_id(text)
     if run_id is not None:
         return RunReference(text, run_id=run_id)
     if base is not None and text and (base / text).is_file():
         return RunReference(text, file=base / text)
     what = "a run id (a positive number), 'last'"
-    what += " or a run file written by 'pytest-runs export'" if base is not None else ""
+    what += ", 'failing' or a run file written by 'pytest-runs export'" if base is not None else ""
     shown = text if len(text) <= 40 else text[:40] + "..."
     raise InvalidRunReference(f"expected {what}, got {shown!r}", value=shown)
 
@@ -97,8 +109,14 @@ class RetrySource:
     #: Set when the run comes from a run file: it is imported when the retry starts.
     file: Path | None = None
     export: dict[str, Any] = field(default_factory=dict)
+    #: The plan, when the source decides it (``failing``).
+    plan: RetryPlan | None = None
 
     def describe(self) -> str:
+        if self.plan is not None and self.plan.mode == "failing":
+            from pytest_rerun_runs.text import summarize
+
+            return f"the failing tests of runs {summarize(self.plan.contributors)}"
         if self.file is None:
             return f"run {self.run.id}"
         from pytest_rerun_runs.text import escape
@@ -107,7 +125,12 @@ class RetrySource:
 
 
 def resolve_source(
-    reference: RunReference, store_location: str, *, stale_after: float = DEFAULT_STALE_AFTER
+    reference: RunReference,
+    store_location: str,
+    *,
+    stale_after: float = DEFAULT_STALE_AFTER,
+    rootdir: str | None = None,
+    order: RetryOrder = "recorded",
 ) -> RetrySource:
     """The source run ``reference`` names; reads the store or the file, writes nothing."""
     if reference.file is not None:
@@ -118,9 +141,38 @@ def resolve_source(
         except exchange.RunFileError as exc:
             raise InvalidRunFile(str(exc)) from None
         return RetrySource(run=run, file=reference.file, export=export)
-    store = open_store(store_location, create=False, stale_after=stale_after)
+    store = open_store(store_location, create=False, read_only=True, stale_after=stale_after)
     try:
+        if reference.failing:
+            return failing_source(store, rootdir, order)
         run = store.get_run(resolve_run_id(store, reference), RETRY_OUTCOMES)
     finally:
         store.close()
     return RetrySource(run=run)
+
+
+def failing_source(store: RunStore, rootdir: str | None, order: RetryOrder) -> RetrySource:
+    """The tests whose most recent outcome in the store's history of ``rootdir``
+    is a failure, as a plan of their own."""
+    from pytest_rerun_runs.planner import FAILING_HISTORY, plan_failing
+
+    summaries = [
+        s
+        for s in store.list_runs(None)
+        if s.status not in OPEN_STATUSES
+        and s.pruned_at is None
+        and (rootdir is None or s.invocation.rootdir == rootdir)
+    ][:FAILING_HISTORY]
+    history = [store.get_run(s.id) for s in summaries]
+    plan = plan_failing(history, order)
+    # A stand-in source: the newest contributing run's summary, with the failing
+    # tests as its selection and their latest failures as its results.
+    planned = {t.nodeid for t in (*plan.tests, *plan.collectors)}
+    latest: dict[str, Result] = {}
+    for past in history:
+        for result in past.results:
+            if result.nodeid in planned and result.outcome in FAILING_OUTCOMES:
+                latest.setdefault(result.nodeid, result)
+    newest = next(run for run in history if run.id == plan.contributors[-1])
+    run = Run(summary=newest.summary, selection=list(plan.tests), results=list(latest.values()))
+    return RetrySource(run=run, plan=plan)

@@ -19,6 +19,7 @@ from pytest_rerun_runs.store import (
     LONGREPR_LIMIT,
     OUTCOMES,
     PHASES,
+    RETRY_MODES,
     RUN_STATUSES,
     InvalidRunFile,
     clean_text,
@@ -34,7 +35,7 @@ MAX_META = 200
 MAX_SECONDS = 366 * 86_400.0
 _ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?([+-]\d\d:\d\d|Z)?$")
 _UID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
-_MODES = ("full", "failed_only", "subset")
+_MODES = RETRY_MODES
 
 
 class Invalid(InvalidRunFile):

@@ -424,8 +424,8 @@ def test_nothing_to_retry_exits_5_and_records_nothing(
 
 
 BAD_ID = (
-    "--retry-run {raw}: expected a run id (a positive number), 'last' or a run file written by"
-    " 'pytest-runs export', got {value}"
+    "--retry-run {raw}: expected a run id (a positive number), 'last', 'failing' or a run file"
+    " written by 'pytest-runs export', got {value}"
 )
 
 
@@ -688,3 +688,44 @@ def test_a_clean_checkout_of_one_commit_is_evidence(
     result.stdout.fnmatch_lines(
         ["rerun-runs: passed on retry (flaky candidates): test_f.py::test_flaky"]
     )
+
+
+def test_failing_retries_what_history_says_is_failing(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(
+        test_a="def test_a1(): assert False\ndef test_a2(): pass\n",
+        test_b="def test_b1(): assert False\ndef test_b2(): pass\n",
+    )
+    pytester.runpytest("test_a.py")
+    pytester.runpytest("test_b.py")  # a partial run adds up, it does not overwrite
+    pytester.makepyfile(test_a="def test_a1(): pass\ndef test_a2(): pass\n")
+    result = pytester.runpytest("--retry-run=failing")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["rerun-runs: retrying the failing tests of runs 1, 2 (failing): 2 of 4 tests, attempt 1"]
+    )
+    run = show(3)
+    assert run["selection"] == ["test_a.py::test_a1", "test_b.py::test_b1"]
+    assert (run["mode"], run["source_run_id"], run["root_run_id"]) == ("failing", None, 3)
+    assert run["contributors"] == [1, 2]
+    again = pytester.runpytest("--retry-run=failing")
+    again.assert_outcomes(failed=1)
+    assert show(4)["selection"] == ["test_b.py::test_b1"]
+    assert show(4)["contributors"] == [3]
+
+
+def test_nothing_failing_exits_5(pytester: pytest.Pytester, store_path: Path) -> None:
+    pytester.makepyfile(test_a="def test_a1(): pass\n")
+    pytester.runpytest()
+    result = pytester.runpytest("--retry-run=failing")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    assert result.stdout.lines == ["no test is failing in the recorded history of this rootdir"]
+
+
+def test_a_file_named_failing_is_a_run_file(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a="def test_a1(): pass\n")
+    (pytester.path / "failing").write_text("not a run file")
+    result = pytester.runpytest("--retry-run=./failing")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --retry-run ./failing: *failing is not a run file*"])

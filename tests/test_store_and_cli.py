@@ -358,6 +358,7 @@ def test_show_json_contract(two_runs: Path) -> None:
         "results",
         "origin",
         "pruned_at",
+        "contributors",
     ]
     assert (
         run["source_run_id"],

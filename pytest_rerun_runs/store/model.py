@@ -43,7 +43,9 @@ RUN_STATUSES: tuple[RunStatus, ...] = (
 )
 #: Statuses of runs that may still get results.
 OPEN_STATUSES = frozenset({"queued", "running"})
-RetryMode = Literal["full", "failed_only", "subset"]
+#: ``failing``: a new root of the tests whose latest outcome in the store is a failure.
+RetryMode = Literal["full", "failed_only", "subset", "failing"]
+RETRY_MODES: tuple[RetryMode, ...] = ("full", "failed_only", "subset", "failing")
 
 #: Outcomes that count as failing (``pytest-runs diff``, ``flaky``, the terminal).
 FAILING_OUTCOMES = frozenset({"failed", "error"})
@@ -176,6 +178,8 @@ class NewRun:
     #: ``queued`` for a retry that a session will claim later; it holds its plan.
     status: Literal["running", "queued"] = "running"
     plan: dict[str, Any] | None = None
+    #: The runs whose failures a ``failing`` run retries.
+    contributors: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -247,6 +251,8 @@ class RunSummary:
     last_seen_at: float | None = None
     #: The frozen plan of a queued (or claimed) retry.
     plan: dict[str, Any] | None = None
+    #: The runs whose failures a ``failing`` run retries.
+    contributors: tuple[int, ...] = ()
 
     @property
     def duration(self) -> float | None:
@@ -313,6 +319,7 @@ class Run:
             "results": [result.to_dict() for result in self.results],
             "origin": s.origin,
             "pruned_at": iso(s.pruned_at),
+            "contributors": list(s.contributors),
         }
 
     @classmethod

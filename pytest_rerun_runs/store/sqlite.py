@@ -181,6 +181,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN uid TEXT;
     ALTER TABLE runs ADD COLUMN last_seen_at REAL;
     ALTER TABLE runs ADD COLUMN plan TEXT;
+    ALTER TABLE runs ADD COLUMN contributors TEXT;
     DROP TRIGGER finished_runs_are_immutable;
     UPDATE runs SET uid = legacy_uid(created_at, host, pid, id);
     CREATE UNIQUE INDEX runs_by_uid ON runs (uid);
@@ -189,6 +190,7 @@ MIGRATIONS: list[str] = [
             OLD.pruned_at IS NULL AND NEW.pruned_at IS NOT NULL AND NEW.selection IS NULL
             AND {_UNCHANGED_BY_PRUNE} AND NEW.uid IS OLD.uid
             AND NEW.last_seen_at IS OLD.last_seen_at AND NEW.plan IS OLD.plan
+            AND NEW.contributors IS OLD.contributors
         ) BEGIN {_RAISE_FINISHED}; END;
     CREATE TRIGGER finished_runs_are_not_replaced BEFORE INSERT ON runs
         WHEN EXISTS (
@@ -237,6 +239,7 @@ _SUMMARY_COLUMNS: tuple[tuple[str, int], ...] = (
     ("uid", 3),
     ("last_seen_at", 3),
     ("plan", 3),
+    ("contributors", 3),
 )
 _SQLITE_HEADER = b"SQLite format 3\x00"
 #: An empty file of one of these names may become a new store; any other
@@ -503,8 +506,8 @@ class SqliteStore:
             cursor = connection.execute(
                 "INSERT INTO runs (uid, status, created_at, started_at, last_seen_at, label,"
                 " meta, invocation, host, pid, source_run_id, root_run_id, attempt, mode,"
-                " reason, plan, selection, selection_size, deselected, missing)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " reason, plan, selection, selection_size, deselected, missing, contributors)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     new_run.uid,
                     new_run.status,
@@ -526,6 +529,7 @@ class SqliteStore:
                     len(selection.tests),
                     selection.deselected,
                     json.dumps(selection.missing),
+                    json.dumps(list(new_run.contributors)) if new_run.contributors else None,
                 ),
             )
             run_id = cursor.lastrowid
@@ -764,6 +768,7 @@ class SqliteStore:
             uid,
             last_seen_at,
             plan,
+            contributors,
         ) = row
         return RunSummary(
             id=run_id,
@@ -795,6 +800,7 @@ class SqliteStore:
             uid=uid if uid is not None else legacy_uid(created_at, host, pid, run_id),
             last_seen_at=last_seen_at,
             plan=json.loads(plan) if plan else None,
+            contributors=tuple(json.loads(contributors)) if contributors else (),
         )
 
     def get_summary(self, run_id: int) -> RunSummary:
