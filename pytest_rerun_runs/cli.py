@@ -66,7 +66,7 @@ EXAMPLES = {
     "diff": ["pytest-runs diff 1 2", "pytest-runs diff 1 last --format json"],
     "flaky": ["pytest-runs flaky --last 50", "pytest-runs flaky --format json"],
     "export": [
-        "pytest-runs export last --format junit -o junit.xml",
+        "pytest-runs export last --format junit --merged -o junit.xml",
         "pytest-runs export 1 --format json -o run-1.json",
     ],
     "import": ["pytest-runs import run-1.json"],
@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     sub.add_argument(
         "--omit-args", action="store_true", help="leave the recorded pytest arguments out"
+    )
+    sub.add_argument(
+        "--merged",
+        action="store_true",
+        help="JUnit only: one testcase per test of the lineage's root run, with its final"
+        " outcome across all retries (earlier failures as flakyFailure/rerunFailure)",
     )
     sub.set_defaults(handler=cmd_export)
 
@@ -755,7 +761,18 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     run, location = load_run(args.store, args.run)
     if run.summary.pruned_at is not None and args.format != "junit":
         raise InputsNotRetained(run.id)
-    if args.format == "junit":
+    if args.merged and args.format != "junit":
+        raise CommandError("--merged goes with --format junit")
+    if args.format == "junit" and args.merged:
+        store = open_existing_store(args.store)
+        try:
+            lineage = store.lineage(run.id)
+            root = store.get_run(lineage[0].id)
+            retries = [store.get_run(s.id) for s in lineage[1:] if s.pruned_at is None]
+        finally:
+            store.close()
+        text = exchange.junit_xml_merged(root, retries)
+    elif args.format == "junit":
         text = exchange.junit_xml(run)
     else:
         data = exchange.export_dict(run, location, omit_args=args.omit_args)

@@ -8,12 +8,14 @@ version, source store, time). ``pyyaml`` is imported only when YAML is used.
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from pytest_rerun_runs.store import InvalidRunFile, Run, RunStore, iso
+from pytest_rerun_runs.store import InvalidRunFile, Result, Run, RunStore, count_outcomes, iso
 
 EXPORT_FORMAT_VERSION = 1
 
@@ -101,34 +103,51 @@ def import_run(store: RunStore, run: Run, export: dict[str, Any], file: Path) ->
 
 
 def junit_names(nodeid: str) -> tuple[str, str]:
-    """(classname, name) as pytest's junitxml derives them from a node id."""
-    path, _, rest = nodeid.partition("::")
+    """(classname, name) as pytest's junitxml derives them from a node id (``::``
+    inside a parameter id stays in the name)."""
+    head, bracket, params = nodeid.partition("[")
+    path, _, rest = head.partition("::")
     parts = rest.split("::") if rest else []
     module = path.removesuffix(".py").replace("/", ".")
     if not parts:
-        return "", module
-    return ".".join([module, *parts[:-1]]), parts[-1]
+        return "", module + bracket + params
+    return ".".join([module, *parts[:-1]]), parts[-1] + bracket + params
 
 
-def junit_xml(run: Run) -> str:
-    """JUnit XML that CI dashboards read: one testcase per result."""
+#: Characters XML 1.0 cannot hold at all, even escaped.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def xml_text(text: str) -> str:
+    """``text`` as XML can hold it: the characters it cannot are shown escaped, as
+    pytest's junitxml does."""
+    return _NOT_XML.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+def _message(result: Result) -> str:
+    text = result.longrepr or ""
+    return xml_text(text.strip().splitlines()[-1]) if text.strip() else result.outcome
+
+
+def _suite(run: Run, tests: int, counts: dict[str, int], name: str) -> ET.Element:
     s = run.summary
-    counts = s.counts
     suite = ET.Element(
         "testsuite",
         {
-            "name": f"pytest run {s.id}",
-            "tests": str(len(run.results)),
-            "failures": str(counts["failed"]),
-            "errors": str(counts["error"]),
-            "skipped": str(counts["skipped"] + counts["xfailed"] + counts["not_run"]),
+            "name": name,
+            "tests": str(tests),
+            "failures": str(counts.get("failed", 0)),
+            "errors": str(counts.get("error", 0)),
+            "skipped": str(
+                counts.get("skipped", 0) + counts.get("xfailed", 0) + counts.get("not_run", 0)
+            ),
             "time": f"{s.duration or 0.0:.3f}",
             "timestamp": iso(s.created_at) or "",
-            "hostname": s.invocation.host,
+            "hostname": xml_text(s.invocation.host),
         },
     )
     properties = ET.SubElement(suite, "properties")
-    for name, value in (
+    for key, value in (
         ("run_id", s.id),
         ("status", s.status),
         ("attempt", s.attempt),
@@ -137,27 +156,88 @@ def junit_xml(run: Run) -> str:
         ("git_commit", s.invocation.git.commit),
     ):
         if value is not None:
-            ET.SubElement(properties, "property", {"name": name, "value": str(value)})
-    for result in run.results:
-        classname, name = junit_names(result.nodeid)
-        case = ET.SubElement(
-            suite,
-            "testcase",
-            {"classname": classname, "name": name, "time": f"{result.duration:.6f}"},
-        )
-        text = result.longrepr or ""
-        message = text.strip().splitlines()[-1] if text.strip() else result.outcome
-        if result.outcome == "failed":
-            ET.SubElement(case, "failure", {"message": message}).text = text
-        elif result.outcome == "error":
-            ET.SubElement(case, "error", {"message": f"{result.when}: {message}"}).text = text
-        elif result.outcome in ("skipped", "xfailed"):
-            ET.SubElement(case, "skipped", {"message": f"{result.outcome}: {text}".strip()})
-        elif result.outcome == "not_run":
-            ET.SubElement(case, "skipped", {"message": "not run: the session stopped first"})
+            ET.SubElement(properties, "property", {"name": key, "value": xml_text(str(value))})
+    return suite
+
+
+def _testcase(suite: ET.Element, result: Result) -> ET.Element:
+    classname, name = junit_names(result.nodeid)
+    case = ET.SubElement(
+        suite,
+        "testcase",
+        {
+            "classname": xml_text(classname),
+            "name": xml_text(name),
+            "time": f"{result.duration:.6f}",
+        },
+    )
+    text = xml_text(result.longrepr or "")
+    message = _message(result)
+    if result.outcome == "failed":
+        ET.SubElement(case, "failure", {"message": message}).text = text
+    elif result.outcome == "error":
+        ET.SubElement(case, "error", {"message": f"{result.when}: {message}"}).text = text
+    elif result.outcome in ("skipped", "xfailed"):
+        ET.SubElement(case, "skipped", {"message": f"{result.outcome}: {text}".strip()})
+    elif result.outcome == "not_run":
+        ET.SubElement(case, "skipped", {"message": "not run: the session stopped first"})
+    return case
+
+
+def _document(suite: ET.Element) -> str:
     suites = ET.Element("testsuites")
     suites.append(suite)
     ET.indent(suites)
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
     )
+
+
+def junit_xml(run: Run) -> str:
+    """JUnit XML that CI dashboards read: one testcase per result."""
+    suite = _suite(run, len(run.results), count_outcomes(run.results), f"pytest run {run.id}")
+    for result in run.results:
+        _testcase(suite, result)
+    return _document(suite)
+
+
+def junit_xml_merged(root: Run, retries: Sequence[Run]) -> str:
+    """One testcase per test of the lineage's root run, with its final outcome
+    across every attempt; earlier failures of a test that passed in the end are
+    ``<flakyFailure>``/``<flakyError>``, later failures of one that still fails
+    ``<rerunFailure>``/``<rerunError>``: the format Maven Surefire writes for
+    reruns, which Jenkins and other CI dashboards read."""
+    attempts: dict[str, list[Result]] = {result.nodeid: [result] for result in root.results}
+    for run in sorted(retries, key=lambda run: run.id):
+        for result in run.results:
+            if result.outcome != "not_run" and result.nodeid in attempts:
+                attempts[result.nodeid].append(result)
+    finals = [history[-1] for history in attempts.values()]
+    suite = _suite(
+        root, len(finals), count_outcomes(finals), f"pytest run {root.id} and its retries"
+    )
+    for history in attempts.values():
+        final = history[-1]
+        earlier = [r for r in history[:-1] if r.outcome in ("failed", "error")]
+        if final.outcome in ("failed", "error"):
+            first = next(r for r in history if r.outcome in ("failed", "error"))
+            case = _testcase(
+                suite,
+                first._replace(
+                    setup_duration=final.setup_duration,
+                    call_duration=final.call_duration,
+                    teardown_duration=final.teardown_duration,
+                ),
+            )
+            later = [r for r in history if r is not first and r.outcome in ("failed", "error")]
+            prefix = "rerun"
+        else:
+            case = _testcase(suite, final)
+            later, prefix = earlier, "flaky"
+        for attempt in later:
+            kind = "Failure" if attempt.outcome == "failed" else "Error"
+            element = ET.SubElement(
+                case, f"{prefix}{kind}", {"message": _message(attempt), "type": attempt.when}
+            )
+            ET.SubElement(element, "stackTrace").text = xml_text(attempt.longrepr or "")
+    return _document(suite)

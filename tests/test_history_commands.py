@@ -574,3 +574,35 @@ def test_every_help_example_runs_and_is_in_the_readme(
             args = [a.strip("'") for a in args]
             code, _ = run_cli(*args, cwd=pytester.path)
             assert code in (0, 1), example  # a retry of failing tests exits 1
+
+
+def test_merged_junit_has_each_root_test_once_with_its_final_outcome(
+    family: Path, tmp_path: Path
+) -> None:
+    import xml.etree.ElementTree as ET
+
+    target = tmp_path / "merged.xml"
+    cli_ok(
+        "--store", str(family), "export", "3", "--format", "junit", "--merged", "-o", str(target)
+    )
+    (suite,) = ET.parse(target).getroot()
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "1", "0")
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert set(cases) == {"test_stable", "test_passes_on_third_run", "test_broken"}
+    flaky = cases["test_passes_on_third_run"]
+    assert [child.tag for child in flaky] == ["flakyFailure", "flakyFailure"]
+    assert "assert 0 >= 2" in (flaky[0].findtext("stackTrace") or "")
+    broken = cases["test_broken"]
+    assert [child.tag for child in broken] == [
+        "failure",
+        "rerunFailure",
+        "rerunFailure",
+        "rerunFailure",
+    ]
+    assert list(cases["test_stable"]) == []
+
+
+def test_merged_needs_junit(family: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run_cli("--store", str(family), "export", "1", "--format", "json", "--merged")
+    assert code == 4
+    assert "--merged goes with --format junit" in capsys.readouterr().err
