@@ -116,6 +116,8 @@ def test_store_that_fills_up_mid_session(pytester: pytest.Pytester, store_path: 
     warnings = [line for line in result.stdout.splitlines() if "rerun-runs: warning" in line]
     assert len(warnings) == 1, result.stdout
     assert "cannot write run store" in warnings[0]
+    assert "cannot rollback" not in warnings[0]
+    assert "database or disk is full" in warnings[0] or "disk I/O error" in warnings[0]
     # What was written before the store filled up is still readable.
     connection = sqlite3.connect(store_path)
     (status, count) = connection.execute(
