@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_rerun_runs.planner import PlanMatcher, RetryPlan
+from pytest_rerun_runs.planner import PlanMatcher, RetryPlan, planned_children
 from pytest_rerun_runs.text import summarize
 
 PLUGIN_NAME = "rerun-runs-narrowing"
@@ -71,6 +71,12 @@ class NarrowingPlugin:
         self.state = state
         plan = state.plan
         self.matcher = PlanMatcher(plan.tests, plan.collectors)
+        collector_files = {c.file for c in plan.collectors}
+        self.children = {
+            collector: names
+            for collector, names in planned_children(plan.tests).items()
+            if collector.partition("::")[0] not in collector_files
+        }
         rootdir = config.rootpath
         files = [rootdir / file for file in plan.files]
         # Only the files holding planned tests, and the directories on the way
@@ -90,6 +96,17 @@ class NarrowingPlugin:
         if any(tree in collection_path.parents for tree in self.wanted_trees):
             return None
         return True
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pycollect_makeitem(
+        self, collector: pytest.Module | pytest.Class, name: str, obj: object
+    ) -> list[pytest.Item | pytest.Collector] | None:
+        # A module or class on the way to a planned test builds only the planned
+        # functions and classes, as node id arguments do; others build as usual.
+        wanted = self.children.get(collector.nodeid)
+        if wanted is None or name in wanted:
+            return None
+        return []
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(

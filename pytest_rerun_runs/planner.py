@@ -224,3 +224,17 @@ def plan_failing(history: Sequence[Run], order: RetryOrder = "recorded") -> Retr
         source_size=len(latest),
         contributors=contributors,
     )
+
+
+def planned_children(tests: Iterable[SelectedTest]) -> dict[str, set[str]]:
+    """For each collector on the way to a planned test (its module, its classes),
+    the names of the children the plan needs: ``{"t.py": {"TestA", "test_b"},
+    "t.py::TestA": {"test_c"}}``. A parametrized test is planned by its
+    function's name (as a node id argument builds every parameter)."""
+    children: dict[str, set[str]] = {}
+    for test in tests:
+        head = test.nodeid.partition("[")[0]
+        parts = head.split("::")
+        for depth in range(1, len(parts)):
+            children.setdefault("::".join(parts[:depth]), set()).add(parts[depth])
+    return children

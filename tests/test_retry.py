@@ -81,7 +81,7 @@ def test_failed_only_runs_failures_and_errors(
     pytester: pytest.Pytester, source: RunDict, show: Callable[..., RunDict]
 ) -> None:
     result = pytester.runpytest("--retry-run=1", "--failed-only", "--retry-reason=flaky CI")
-    result.assert_outcomes(passed=1, failed=1, errors=2, deselected=1)
+    result.assert_outcomes(passed=1, failed=1, errors=2)
     retry = show(2)
     assert lineage(retry) == (1, 1, 2, "failed_only", "flaky CI")
     assert retry["selection"] == [
@@ -89,7 +89,8 @@ def test_failed_only_runs_failures_and_errors(
         "test_a.py::test_setup_error",
         "test_a.py::test_teardown_error",
     ]
-    assert retry["deselected"] == 1  # test_b.py is not even collected
+    # unplanned tests are never built, and test_b.py is not even collected
+    assert retry["deselected"] == 0
     result.stdout.fnmatch_lines(
         ["rerun-runs: retrying run 1 (failed-only): 3 of 6 tests, attempt 2"]
     )
@@ -106,7 +107,7 @@ def test_collect_only_previews_a_retry_without_recording(
             "test_a.py::test_setup_error",
             "test_a.py::test_teardown_error",
             "",
-            "3/4 tests collected (1 deselected) in *",
+            "3 tests collected in *",
         ]
     )
     assert count_runs(store_path) == 1
@@ -142,7 +143,7 @@ def test_failed_only_resumes_after_exitfirst(
     )
     pytester.runpytest("-x")
     result = pytester.runpytest("--retry-run=1", "--failed-only")
-    result.assert_outcomes(passed=2, failed=1, deselected=1)
+    result.assert_outcomes(passed=2, failed=1)
     names = [nodeid.split("::")[1] for nodeid in show(2)["selection"]]
     assert names == ["test_b", "test_c", "test_d"]
 
@@ -178,7 +179,7 @@ def test_failed_only_resumes_every_kind_of_interrupted_source(
     assert outcomes(source)["test_stop.py::test_before"] == "passed"
     assert outcomes(source)["test_stop.py::test_stops"] in ("failed", "error", "not_run")
     result = pytester.runpytest("--retry-run=1", "--failed-only")
-    result.assert_outcomes(passed=2, deselected=1)
+    result.assert_outcomes(passed=2)
     assert show(2)["selection"] == ["test_stop.py::test_stops", "test_stop.py::test_after"]
 
 
@@ -210,7 +211,7 @@ def test_failed_only_resumes_a_killed_run(
     killed = show(1)
     assert killed["status"] == "interrupted"
     result = pytester.runpytest("--retry-run=last", "--failed-only")
-    result.assert_outcomes(passed=2, failed=1, deselected=1)
+    result.assert_outcomes(passed=2, failed=1)
     retry = show(2)
     assert [n.split("::")[1] for n in retry["selection"]] == ["test_two", "test_hangs", "test_four"]
     sealed = show(1)
@@ -284,7 +285,7 @@ def test_narrowing_never_adds_tests(
     pytester.makepyfile(test_x="def test_one(): assert False\ndef test_two(): pass\n")
     pytester.runpytest("-k", "one")
     result = pytester.runpytest("--retry-run=1", "test_x.py")
-    result.assert_outcomes(failed=1, deselected=1)
+    result.assert_outcomes(failed=1)
     assert show(2)["selection"] == ["test_x.py::test_one"]
     assert show(2)["mode"] == "full"
 
@@ -308,7 +309,7 @@ def test_renamed_tests_are_listed_and_recorded(
     pytester.runpytest()
     pytester.makepyfile(test_r="def test_new(): pass\ndef test_kept(): pass\n")
     result = pytester.runpytest("--retry-run=1", "--failed-only")
-    result.assert_outcomes(passed=1, deselected=1)
+    result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         ["rerun-runs: warning: 1 tests of run 1 no longer exist: test_r.py::test_old"]
     )
@@ -511,7 +512,7 @@ def test_retry_with_rerunfailures_and_without_cacheprovider(
     result = pytester.runpytest(
         "--retry-run=1", "--failed-only", "-p", "no:cacheprovider", "--reruns=1"
     )
-    result.assert_outcomes(passed=1, deselected=1)
+    result.assert_outcomes(passed=1)
     (retried,) = show(2)["results"]
     assert (retried["outcome"], retried["rerun_attempts"]) == ("passed", 1)
 
@@ -528,7 +529,8 @@ def test_retry_under_xdist(
         "test_a.py::test_setup_error",
         "test_a.py::test_teardown_error",
     ]
-    assert retry["deselected"] == 1  # test_b.py is not even collected
+    # unplanned tests are never built, and test_b.py is not even collected
+    assert retry["deselected"] == 0
     assert {r["worker"] for r in retry["results"]} <= {"gw0", "gw1"}
 
 
@@ -729,3 +731,76 @@ def test_a_file_named_failing_is_a_run_file(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--retry-run=./failing")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --retry-run ./failing: *failing is not a run file*"])
+
+
+NOTING_CONFTEST = """
+import os
+
+def pytest_generate_tests(metafunc):
+    with open(os.environ["GENERATED_FOR"], "a") as notes:
+        notes.write(metafunc.definition.nodeid + "\\n")
+
+def pytest_itemcollected(item):
+    with open(os.environ["BUILT"], "a") as notes:
+        notes.write(item.nodeid + "\\n")
+"""
+
+FAT_FILE = """
+import pytest
+
+@pytest.mark.parametrize("n", range(3))
+def test_param(n):
+    assert n != 1
+
+def test_plain():
+    pass
+
+class TestGroup:
+    def test_inside(self):
+        assert False
+
+    def test_other(self):
+        pass
+
+class TestUntouched:
+    def test_never(self):
+        pass
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]])
+def test_a_retry_builds_only_what_it_plans(
+    pytester: pytest.Pytester,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    show: Callable[..., RunDict],
+    workers: list[str],
+) -> None:
+    generated, built = tmp_path / "generated", tmp_path / "built"
+    monkeypatch.setenv("GENERATED_FOR", str(generated))
+    monkeypatch.setenv("BUILT", str(built))
+    pytester.makeconftest(NOTING_CONFTEST)
+    pytester.makepyfile(test_fat=FAT_FILE)
+    pytester.runpytest_subprocess(*workers)
+    generated.unlink()
+    built.unlink()
+    result = pytester.runpytest_subprocess("--retry-run=1", "--failed-only", *workers)
+    outcomes = result.parseoutcomes()
+    assert (outcomes["failed"], outcomes.get("passed", 0)) == (2, 0)
+    # Only the planned functions are turned into items; a planned parametrized
+    # function builds all its parameters, as a node id argument does.
+    assert set(generated.read_text().split()) == {
+        "test_fat.py::test_param",
+        "test_fat.py::TestGroup::test_inside",
+    }
+    assert set(built.read_text().split()) == {
+        "test_fat.py::test_param[0]",
+        "test_fat.py::test_param[1]",
+        "test_fat.py::test_param[2]",
+        "test_fat.py::TestGroup::test_inside",
+    }
+    retry = show(2)
+    assert sorted(retry["selection"]) == [
+        "test_fat.py::TestGroup::test_inside",
+        "test_fat.py::test_param[1]",
+    ]
