@@ -12,6 +12,10 @@ environments this command creates there itself:
 * ``venv-history``: pytest-history, which pins pytest < 8 (so it is compared
   against a floor measured in its own environment).
 
+Beside the generated suites, a real third-party suite with fat, parametrized
+test files: ``packaging`` (its sdist, pinned, fetched by this command; 26,921
+tests), with 20 failures injected by a conftest at fixed node ids.
+
 Compared commands run interleaved (A B C A B C ...) so that a noisy machine's
 drift hits all alike; each figure is a median of ``--repeat`` runs after one
 warm-up, with ``PYTHONDONTWRITEBYTECODE`` unset. Ratios are against the floor of
@@ -43,7 +47,24 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
 ROOT = HERE.parent
-PEERS = ["pytest-xdist", "pytest-replay", "pytest-reportlog", "pytest-json-report"]
+PEERS = ["pytest-xdist", "pytest-replay", "pytest-reportlog", "pytest-json-report", "pretend"]
+#: The real suite: a pinned sdist whose tests are fat, parametrized files.
+THIRD_PARTY = "packaging==24.2"
+INJECTED_FAILURES = """\
+# Written by benchmarks/run.py: fails the node ids listed in $BENCH_FAIL.
+import os
+
+import pytest
+
+_LISTED = os.environ.get("BENCH_FAIL")
+_FAIL = set(open(_LISTED).read().split()) if _LISTED else set()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item):
+    if item.nodeid in _FAIL:
+        raise AssertionError("injected failure")
+"""
 HISTORY = ["pytest>=7.4.3,<8", "pytest-xdist", "pytest-history"]
 
 
@@ -137,8 +158,12 @@ def ensure_venv(name: str, requirements: Sequence[str]) -> Path:
     return python
 
 
+#: Extra environment of the suite being measured (the real suite's source path).
+SUITE_ENV: dict[str, str] = {}
+
+
 def bench_env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = {**os.environ, **SUITE_ENV}
     for name in (
         "PYTHONDONTWRITEBYTECODE",
         "PYTEST_RUNS_STORE",
@@ -239,7 +264,14 @@ def checkpoint(store: Path) -> None:
 
 
 def recording(
-    spec: SuiteSpec, suite: Path, peers: Path, history: Path | None, *, repeat: int, xdist: bool
+    spec: SuiteSpec,
+    suite: Path,
+    peers: Path,
+    history: Path | None,
+    *,
+    repeat: int,
+    xdist: bool,
+    only_ours: bool = False,
 ) -> list[str]:
     out = WORK / "out"
     out.mkdir(exist_ok=True)
@@ -262,6 +294,8 @@ def recording(
             [*off, "--json-report", f"--json-report-file={jsonreport}"],
         ),
     ]
+    if only_ours:
+        measures = measures[:2]
     suffix = " (-n 2)" if xdist else ""
     print(f"recording, {spec.name}{suffix}", flush=True)
     fresh(store)()  # a store that already holds runs, as in real use
@@ -301,7 +335,9 @@ def recording(
     return lines
 
 
-def rerunning(spec: SuiteSpec, suite: Path, peers: Path, repeat: int) -> list[str]:
+def rerunning(
+    spec: SuiteSpec, suite: Path, peers: Path, repeat: int, *, history_runs: int = 0
+) -> list[str]:
     from_here = [str(peers), "-m", "pytest", "-q", "-p", "no:randomly"]
     off = [*from_here, "-p", "no:rerun_runs"]
     out = WORK / "out"
@@ -323,9 +359,122 @@ def rerunning(spec: SuiteSpec, suite: Path, peers: Path, repeat: int) -> list[st
         ),
         Measure("pytest-replay --replay <failures>", [*off, f"--replay={replay_failures}"]),
     ]
+    if history_runs:
+        # The fixed cost of a retry where the store is not new: it holds
+        # ``history_runs`` runs like the source, and the source is in the middle.
+        big = store_with_history(store, history_runs)
+        measures.append(
+            Measure(
+                f"pytest --retry-run ID --failed-only (store of {history_runs:,} runs)",
+                [
+                    *from_here,
+                    f"--runs-store={big}",
+                    f"--retry-run={history_runs // 2}",
+                    "--failed-only",
+                ],
+            )
+        )
     print(f"re-running {len(failing)} failures, {spec.name}", flush=True)
     interleave(measures, suite, repeat)
     return table("re-running the failures", measures, measures[0], {})
+
+
+def store_with_history(source: Path, runs: int) -> Path:
+    """A copy of the one-run store ``source`` holding ``runs`` copies of its run
+    (retries write to it, so it is made anew for every measurement round)."""
+    big = source.with_name(f"{source.stem}-{runs}-runs.db")
+    template = source.with_name(f"{source.stem}-{runs}-template.db")
+    if not template.exists():
+        tmp = template.with_suffix(".tmp")
+        tmp.write_bytes(source.read_bytes())
+        connection = sqlite3.connect(tmp, isolation_level=None)
+        columns = (
+            "status, exit_status, created_at, started_at, label, meta, invocation, host,"
+            " pid, attempt, mode, reason, selection, selection_size, deselected, missing,"
+            " counts"
+        )
+        connection.execute("BEGIN")
+        for _ in range(runs - 1):
+            new = connection.execute(
+                f"INSERT INTO runs ({columns}) SELECT {columns} FROM runs WHERE id = 1"
+            ).lastrowid
+            connection.execute(
+                "INSERT INTO results SELECT ?, position, outcome, phase, setup_us, call_us,"
+                " teardown_us, worker, longrepr, rerun_attempts, nodeid, file FROM results"
+                " WHERE run_id = 1",
+                (new,),
+            )
+            connection.execute(
+                "UPDATE runs SET root_run_id = id, uid = hex(randomblob(16)),"
+                " finished_at = created_at + 1 WHERE id = ?",
+                (new,),
+            )
+        connection.execute("COMMIT")
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.close()
+        tmp.rename(template)
+    shutil.copyfile(template, big)
+    return big
+
+
+def third_party_suite(peers: Path, failures: int = 20, seed: int = 1) -> tuple[SuiteSpec, Path]:
+    """The pinned sdist of the real suite, unpacked, with ``failures`` injected."""
+    name = THIRD_PARTY.replace("==", "-")
+    directory = WORK / name
+    if not (directory / ".prepared").exists():
+        shutil.rmtree(directory, ignore_errors=True)
+        download = WORK / "sdists"
+        download.mkdir(exist_ok=True)
+        subprocess.run(
+            [
+                str(peers),
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-d",
+                str(download),
+                THIRD_PARTY,
+            ],
+            check=True,
+        )
+        import tarfile
+
+        (archive,) = download.glob(f"{name}.tar.gz")
+        with tarfile.open(archive) as tar:
+            tar.extractall(WORK, filter="data")
+        (directory / "conftest.py").write_text(INJECTED_FAILURES)
+        (directory / ".prepared").write_text("")
+    SUITE_ENV["PYTHONPATH"] = str(directory / "src")
+    listing = subprocess.run(
+        [
+            str(peers),
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:randomly",
+            "-p",
+            "no:rerun_runs",
+            "tests",
+        ],
+        cwd=directory,
+        env=bench_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    nodeids = [line for line in listing if "::" in line]
+    chosen = random.Random(seed).sample(nodeids, failures)
+    (WORK / "injected-failures.txt").write_text("\n".join(chosen) + "\n")
+    SUITE_ENV["BENCH_FAIL"] = str(WORK / "injected-failures.txt")
+    return SuiteSpec(
+        len(nodeids), len({n.split("::")[0] for n in nodeids}), failures, seed
+    ), directory
 
 
 def failing_node_ids(store_path: Path) -> list[str]:
@@ -431,6 +580,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--planning-runs", type=int, default=1000, help="runs in the planning store (0: skip)"
     )
+    parser.add_argument(
+        "--only-ours",
+        action="store_true",
+        help="recording: compare pytest-rerun-runs with the floor only (no peers, quicker)",
+    )
+    parser.add_argument(
+        "--third-party", action="store_true", help="also the real suite (" + THIRD_PARTY + ")"
+    )
     args = parser.parse_args(argv)
 
     WORK.mkdir(exist_ok=True)
@@ -454,13 +611,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     for spec in specs:
         suite = generate_suite(spec)
         report += ["", f"## {spec.name}, {spec.failures} failing", ""]
-        report += recording(spec, suite, peers, history, repeat=args.repeat, xdist=False)
+        report += recording(
+            spec, suite, peers, history, repeat=args.repeat, xdist=False, only_ours=args.only_ours
+        )
         report += [""]
-        report += recording(spec, suite, peers, history, repeat=args.repeat, xdist=True)
+        report += recording(
+            spec, suite, peers, history, repeat=args.repeat, xdist=True, only_ours=args.only_ours
+        )
         report += [""]
-        report += rerunning(spec, suite, peers, args.repeat)
+        history_runs = args.planning_runs if spec.tests < 20_000 else 0
+        report += rerunning(spec, suite, peers, args.repeat, history_runs=history_runs)
         if args.planning_runs and spec.tests >= 20_000:
             report += ["", planning(peers, spec.tests, args.planning_runs, args.repeat)]
+    if args.third_party:
+        spec, suite = third_party_suite(peers)
+        report += ["", f"## {THIRD_PARTY}: {spec.name}, {spec.failures} failures injected", ""]
+        report += recording(
+            spec, suite, peers, None, repeat=args.repeat, xdist=False, only_ours=True
+        )
+        report += [""]
+        report += rerunning(spec, suite, peers, args.repeat)
+        SUITE_ENV.clear()
     report += ["", import_cost(peers, 10), f"Total time: {(time.time() - started) / 60:.1f} min"]
     text = "\n".join(report) + "\n"
     (HERE / "RESULTS.md").write_text(text)
