@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_rerun_runs.planner import is_below
 from pytest_rerun_runs.store import FAILING_OUTCOMES, OPEN_STATUSES, Run, RunSummary
 
 #: Options of ours that a replayed retry sets itself: (option, takes a value).
@@ -76,22 +77,38 @@ def final_outcomes(run: Run) -> dict[str, str]:
 def diff_runs(before: Run, after: Run) -> dict[str, list[str]]:
     """What changed from ``before`` to ``after``, by node id.
 
-    When ``after`` retried part of ``before`` (failed-only or narrowed), only what
-    it ran is compared; the tests it did not retry are listed as ``not_retried``,
-    not as ``disappeared``.
+    When ``after`` retried part of ``before``'s lineage (failed-only, narrowed,
+    or a ``failing`` run ``before`` contributed to), only what it ran is
+    compared; the tests it did not retry are listed as ``not_retried``, not as
+    ``disappeared``. Tests collected now from a file that failed to collect in
+    ``before`` are compared with that collection error.
     """
     old, new = final_outcomes(before), final_outcomes(after)
-    partial_retry = after.summary.source_run_id == before.id and after.summary.mode != "full"
+    summary = after.summary
+    related = summary.root_run_id == before.summary.root_run_id or before.id in (
+        summary.contributors
+    )
+    partial_retry = related and after.id != before.id and summary.mode != "full"
+    broken = [r.nodeid for r in before.results if r.when == "collect" and r.outcome == "error"]
+    recollected: set[str] = set()
+    for nodeid in new:
+        if nodeid in old:
+            continue
+        collector = next((c for c in broken if is_below(nodeid, c)), None)
+        if collector is not None:
+            old[nodeid] = "error"
+            recollected.add(collector)
+    gone = [n for n in old if n not in new and n not in recollected]
     diff: dict[str, list[str]] = {
         "broke": [],
         "fixed": [],
         "still_failing": [],
         "changed": [],
         "appeared": [n for n in new if n not in old],
-        "disappeared": [] if partial_retry else [n for n in old if n not in new],
+        "disappeared": [] if partial_retry else gone,
     }
     if partial_retry:
-        diff["not_retried"] = [n for n in old if n not in new]
+        diff["not_retried"] = gone
     for nodeid, outcome in new.items():
         previous = old.get(nodeid)
         if previous is None or previous == outcome:

@@ -42,6 +42,7 @@ from pytest_rerun_runs.store import (
     InputsNotRetained,
     Result,
     Run,
+    RunDamaged,
     RunsError,
     RunStore,
     RunSummary,
@@ -325,8 +326,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
         summaries = store.list_runs(args.limit)
     finally:
         store.close()
-    for damaged in getattr(store, "damaged", ()):
-        sys.stderr.write(f"pytest-runs: warning: {damaged}\n")
+    warn_damaged(store)
     if args.format == "json":
         write_json([summary_dict(s) for s in summaries], out)
         return 0
@@ -542,7 +542,7 @@ def cmd_retry(args: argparse.Namespace, out: TextIO) -> int:
             confirm_foreign_arguments(source, shell_line(directory, command), assume_yes=args.yes)
         # With --format json, stdout carries only the summary: pytest talks to stderr.
         talk = sys.stderr if args.format == "json" else out
-        talk.write(shell_line(directory, command) + "\n")
+        talk.write(escape(shell_line(directory, command)) + "\n")
         talk.flush()
         store = open_existing_store(args.store)
         try:
@@ -670,8 +670,8 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"  {escape(nodeid)}\n")
     if not_retried is not None:
         out.write(
-            f"not retried ({len(not_retried)}): run {after.id} ran {after.summary.mode}"
-            f" ({len(after.selection)} of run {before.id}'s {len(before.selection)} tests)\n"
+            f"not retried ({len(not_retried)}): run {after.id} ran {after.summary.mode},"
+            f" {len(after.selection)} tests\n"
         )
     return 0
 
@@ -688,7 +688,16 @@ def flaky_outcomes(store: RunStore, last: int) -> tuple[list[RunOutcomes], dict[
     def failing(run_id: int) -> frozenset[str]:
         return frozenset(r.nodeid for r in store.get_run(run_id, FAILING_OUTCOMES).results)
 
-    failed = {s.id: failing(s.id) for s in summaries}
+    failed: dict[int, frozenset[str]] = {}
+    readable = []
+    for summary in summaries:
+        try:
+            failed[summary.id] = failing(summary.id)
+        except RunDamaged as exc:  # one damaged run does not hide the others
+            sys.stderr.write(f"pytest-runs: warning: {escape(str(exc))}\n")
+            continue
+        readable.append(summary)
+    summaries = readable
     sources: dict[int, RunOutcomes] = {}
     for summary in summaries:
         source = summary.source_run_id
@@ -722,6 +731,7 @@ def cmd_flaky(args: argparse.Namespace, out: TextIO) -> int:
         runs, sources = flaky_outcomes(store, args.last)
     finally:
         store.close()
+    warn_damaged(store)
     report = flaky_report(runs, sources)
     if args.format == "json":
         write_json([f.to_dict() for f in report.flaky], out)
@@ -809,6 +819,12 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     else:
         out.write(f"imported run {run.id} as run {new_id} in {store.location}\n")
     return 0
+
+
+def warn_damaged(store: RunStore) -> None:
+    """One line for each run the store left out because it could not read it."""
+    for damaged in getattr(store, "damaged", ()):
+        sys.stderr.write(f"pytest-runs: warning: {escape(str(damaged))}\n")
 
 
 def store_size(store: RunStore) -> int | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from pytest_rerun_runs.planner import is_below
 from pytest_rerun_runs.store import InvalidRunFile, Result, Run, RunStore, count_outcomes, iso
 
 EXPORT_FORMAT_VERSION = 1
@@ -66,7 +67,7 @@ def load_run_file(path: Path) -> tuple[Run, dict[str, Any]]:
 
         try:
             data = runfile.load_yaml(text)
-        except (yaml.YAMLError, RecursionError) as exc:
+        except (yaml.YAMLError, RecursionError, ValueError) as exc:
             problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if "not allowed in run files" in str(exc):
                 problem = next(line for line in str(exc).splitlines() if "not allowed" in line)
@@ -125,8 +126,10 @@ def xml_text(text: str) -> str:
 
 
 def _message(result: Result) -> str:
-    text = result.longrepr or ""
-    return xml_text(text.strip().splitlines()[-1]) if text.strip() else result.outcome
+    """The line pytest's summary shows: the ``E`` line of a failure, else its last."""
+    lines = [line.strip() for line in (result.longrepr or "").splitlines() if line.strip()]
+    errors = [line[1:].strip() for line in lines if line.startswith("E ")]
+    return xml_text(errors[0] if errors else lines[-1] if lines else result.outcome)
 
 
 def _suite(run: Run, tests: int, counts: dict[str, int], name: str) -> ET.Element:
@@ -208,10 +211,20 @@ def junit_xml_merged(root: Run, retries: Sequence[Run]) -> str:
     ``<rerunFailure>``/``<rerunError>``: the format Maven Surefire writes for
     reruns, which Jenkins and other CI dashboards read."""
     attempts: dict[str, list[Result]] = {result.nodeid: [result] for result in root.results}
+    broken = {r.nodeid: r for r in root.results if r.when == "collect" and r.outcome == "error"}
     for run in sorted(retries, key=lambda run: run.id):
         for result in run.results:
-            if result.outcome != "not_run" and result.nodeid in attempts:
-                attempts[result.nodeid].append(result)
+            if result.outcome == "not_run":
+                continue
+            if result.nodeid not in attempts:
+                # A test of a file that failed to collect in the root: its first
+                # attempt is that collection error.
+                collector = next((c for c in broken if is_below(result.nodeid, c)), None)
+                if collector is None:
+                    continue
+                attempts[result.nodeid] = [broken[collector]]
+                attempts.pop(collector, None)
+            attempts[result.nodeid].append(result)
     finals = [history[-1] for history in attempts.values()]
     suite = _suite(
         root, len(finals), count_outcomes(finals), f"pytest run {root.id} and its retries"
@@ -224,6 +237,7 @@ def junit_xml_merged(root: Run, retries: Sequence[Run]) -> str:
             case = _testcase(
                 suite,
                 first._replace(
+                    nodeid=final.nodeid,
                     setup_duration=final.setup_duration,
                     call_duration=final.call_duration,
                     teardown_duration=final.teardown_duration,

@@ -7,7 +7,7 @@ subprocess (``git`` would cost tens of milliseconds at every session start).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from pytest_rerun_runs.store import GitInfo
@@ -146,15 +146,16 @@ _SKIPPED_DIRS = frozenset(
 )
 
 
-def tree_fingerprint(start: Path) -> str | None:
+def tree_fingerprint(start: Path, files: Iterable[str] = ()) -> str | None:
     """A cheap fingerprint of the working tree, equal exactly when nothing changed.
 
     In a git repository: the commit plus the content of every tracked file whose
     size or modification time differs from the index (what ``git status`` looks
     at first), so a clean checkout of one commit gives the same fingerprint on
-    every machine. Without git: the paths, sizes and modification times of the
-    code and configuration files under ``start``. ``None`` when it cannot be told
-    cheaply.
+    every machine; ``files`` (the run's test files, relative to ``start``) that git
+    does not track count by their content, so editing a new test file is a change.
+    Without git: the paths, sizes and modification times of the code and
+    configuration files under ``start``. ``None`` when it cannot be told cheaply.
     """
     import hashlib
 
@@ -162,11 +163,19 @@ def tree_fingerprint(start: Path) -> str | None:
     git_dir = find_git_dir(start)
     if git_dir is not None:
         info = git_info(start)
-        changed = _changed_tracked_files(
-            git_dir, git_dir.parent if git_dir.name == ".git" else None
-        )
-        if info.commit is None or changed is None:
+        worktree = git_dir.parent if git_dir.name == ".git" else None
+        index = _changed_tracked_files(git_dir, worktree)
+        if info.commit is None or index is None or worktree is None:
             return None
+        changed, tracked = index
+        for name in sorted(set(files)):
+            path = start / name
+            try:
+                relative = os.fsencode(path.resolve().relative_to(worktree.resolve()).as_posix())
+            except (OSError, ValueError):
+                continue
+            if relative not in tracked:
+                changed.append(path)
         digest.update(info.commit.encode())
         for path in changed:
             digest.update(b"\0" + os.fsencode(path) + b"\0")
@@ -176,7 +185,7 @@ def tree_fingerprint(start: Path) -> str | None:
                 digest.update(b"deleted")
         return f"git:{digest.hexdigest()[:32]}"
     count = 0
-    for directory, names, files in os.walk(start):
+    for directory, names, entries in os.walk(start):
         names[:] = sorted(
             name
             for name in names
@@ -185,7 +194,7 @@ def tree_fingerprint(start: Path) -> str | None:
             and not name.endswith(".egg-info")
             and not os.path.exists(os.path.join(directory, name, "pyvenv.cfg"))
         )
-        for name in sorted(files):
+        for name in sorted(entries):
             if os.path.splitext(name)[1] not in _SOURCE_SUFFIXES:
                 continue
             count += 1
@@ -202,10 +211,12 @@ def tree_fingerprint(start: Path) -> str | None:
     return f"files:{digest.hexdigest()[:32]}"
 
 
-def _changed_tracked_files(git_dir: Path, worktree: Path | None) -> list[Path] | None:
-    """Tracked files whose size or mtime differ from the index, or ``None`` when the
-    index cannot be read cheaply (absent, unknown version, too large, a linked
-    worktree whose checkout is elsewhere)."""
+def _changed_tracked_files(
+    git_dir: Path, worktree: Path | None
+) -> tuple[list[Path], set[bytes]] | None:
+    """Tracked files whose size or mtime differ from the index, and the names of
+    all tracked files; ``None`` when the index cannot be read cheaply (absent,
+    unknown version, too large, a linked worktree whose checkout is elsewhere)."""
     import struct
 
     if worktree is None:
@@ -220,6 +231,7 @@ def _changed_tracked_files(git_dir: Path, worktree: Path | None) -> list[Path] |
     if version not in (2, 3, 4) or count > FINGERPRINT_FILE_LIMIT:
         return None
     changed: list[Path] = []
+    tracked: set[bytes] = set()
     offset, previous = 12, b""
     try:
         for _ in range(count):
@@ -247,6 +259,7 @@ def _changed_tracked_files(git_dir: Path, worktree: Path | None) -> list[Path] |
                 name = data[offset:end]
                 offset = start + ((end - start) // 8 + 1) * 8
             previous = name
+            tracked.add(name)
             if mode & 0o170000 == 0o160000:  # a submodule
                 continue
             path = worktree / os.fsdecode(name)
@@ -263,4 +276,4 @@ def _changed_tracked_files(git_dir: Path, worktree: Path | None) -> list[Path] |
                 changed.append(path)
     except (struct.error, ValueError, IndexError):
         return None
-    return changed
+    return changed, tracked

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +89,7 @@ def plugin_distributions(config: pytest.Config) -> list[str]:
     return sorted(found)
 
 
-def session_invocation(config: pytest.Config) -> Invocation:
+def session_invocation(config: pytest.Config, files: Iterable[str] = ()) -> Invocation:
     """How this session was started; store URLs in the arguments are redacted."""
     uname = os.uname() if hasattr(os, "uname") else None
     platform_name = f"{uname.sysname}-{uname.release}-{uname.machine}" if uname else sys.platform
@@ -109,7 +110,7 @@ def session_invocation(config: pytest.Config) -> Invocation:
         git=git_info(config.rootpath),
         ci={key: clean_text(value) for key, value in ci_info().items()},
         randomly_seed=seed if isinstance(seed, int) else None,
-        tree=tree_fingerprint(config.rootpath),
+        tree=tree_fingerprint(config.rootpath, files),
     )
 
 
@@ -258,7 +259,8 @@ class RecordingPlugin:
                 self.imported_source_id = local_id
                 source_run_id, root_run_id = local_id, imported.root_run_id
                 attempt = imported.attempt + 1
-        self.invocation = session_invocation(self.config)
+        files = {test.file for test in self.selection or ()}
+        self.invocation = session_invocation(self.config, files)
         return NewRun(
             uid=new_uid(),
             invocation=self.invocation,
@@ -298,12 +300,15 @@ class RecordingPlugin:
             mode = {"full": "all tests", "failed_only": "failed-only", "failing": "failing"}.get(
                 plan.mode, plan.mode
             )
+            collectors = ""
+            if plan.collectors:
+                collectors = f" and {len(plan.collectors):,} files that failed to collect"
             imported = ""
             if self.imported_source_id is not None:
                 imported = f", imported as run {self.imported_source_id}"
             lines.append(
-                f"rerun-runs: retrying {source.describe()}{imported} ({mode}): {plan.size:,} of"
-                f" {plan.source_size:,} tests, attempt {plan.attempt}"
+                f"rerun-runs: retrying {source.describe()}{imported} ({mode}): {len(plan.tests):,}"
+                f" of {plan.source_size:,} tests{collectors}, attempt {plan.attempt}"
             )
             lines.extend(f"rerun-runs: {note}" for note in self.options.notes)
             seed = getattr(self.config.option, "randomly_seed", None)

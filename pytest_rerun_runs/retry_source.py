@@ -22,6 +22,7 @@ from pytest_rerun_runs.store import (
     InvalidRunReference,
     Result,
     Run,
+    RunDamaged,
     RunStore,
     StoreError,
     open_store,
@@ -75,12 +76,19 @@ def parse_run_reference(text: str, *, base: Path | None = None) -> RunReference:
     run_id = parse_run_id(text)
     if run_id is not None:
         return RunReference(text, run_id=run_id)
-    if base is not None and text and (base / text).is_file():
+    if base is not None and text and _is_file(base / text):
         return RunReference(text, file=base / text)
     what = "a run id (a positive number), 'last'"
     what += ", 'failing' or a run file written by 'pytest-runs export'" if base is not None else ""
     shown = text if len(text) <= 40 else text[:40] + "..."
     raise InvalidRunReference(f"expected {what}, got {shown!r}", value=shown)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL in it
+        return False
 
 
 def run_reference_argument(text: str) -> RunReference:
@@ -116,7 +124,8 @@ class RetrySource:
         if self.plan is not None and self.plan.mode == "failing":
             from pytest_rerun_runs.text import summarize
 
-            return f"the failing tests of runs {summarize(self.plan.contributors)}"
+            runs = "run" if len(self.plan.contributors) == 1 else "runs"
+            return f"the failing tests of {runs} {summarize(self.plan.contributors)}"
         if self.file is None:
             return f"run {self.run.id}"
         from pytest_rerun_runs.text import escape
@@ -163,7 +172,12 @@ def failing_source(store: RunStore, rootdir: str | None, order: RetryOrder) -> R
         and s.pruned_at is None
         and (rootdir is None or s.invocation.rootdir == rootdir)
     ][:FAILING_HISTORY]
-    history = [store.get_run(s.id) for s in summaries]
+    history = []
+    for summary in summaries:
+        try:
+            history.append(store.get_run(summary.id))
+        except RunDamaged:
+            continue  # what a damaged run said is unknown: the others still count
     plan = plan_failing(history, order)
     # A stand-in source: the newest contributing run's summary, with the failing
     # tests as its selection and their latest failures as its results.

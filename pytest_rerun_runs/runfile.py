@@ -23,6 +23,7 @@ from pytest_rerun_runs.store import (
     RUN_STATUSES,
     InvalidRunFile,
     clean_text,
+    status_from_exit,
 )
 
 MAX_ID = 2**63 - 1
@@ -238,11 +239,15 @@ def check_run_data(data: Any) -> dict[str, Any]:
     if len(files) != len(selection):
         raise _fail("selection_files", "not one file per selected test")
     counts = _mapping(run.get("counts") or {}, "counts", len(OUTCOMES))
+    status = _choice(run["status"], "status", RUN_STATUSES)
+    exit_status = _optional(_integer, run.get("exit_status"), "exit_status", -(2**31), 2**31)
+    if exit_status is not None and status_from_exit(exit_status) != status:
+        raise _fail("status", f"{status!r} contradicts exit_status {exit_status}")
     return {
         "id": _integer(run["id"], "id", 1),
         "uid": _optional(_uid, run.get("uid"), "uid"),
-        "status": _choice(run["status"], "status", RUN_STATUSES),
-        "exit_status": _optional(_integer, run.get("exit_status"), "exit_status", -(2**31), 2**31),
+        "status": status,
+        "exit_status": exit_status,
         "created_at": _timestamp(run["created_at"], "created_at"),
         "started_at": _optional(_timestamp, run.get("started_at"), "started_at"),
         "finished_at": _optional(_timestamp, run.get("finished_at"), "finished_at"),

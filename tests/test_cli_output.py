@@ -186,3 +186,13 @@ def test_output_that_cannot_be_written_is_one_line(
     completed = pytest_runs("show", "1", cwd=pytester.path, shell_suffix=suffix)
     assert completed.returncode == 4
     assert completed.stderr == message
+
+
+def test_the_echoed_retry_command_is_escaped(pytester: pytest.Pytester, store_path: Path) -> None:
+    pytester.makepyfile("def test_a(): assert False\n")
+    pytester.runpytest("--run-label=x\x1b[2J")
+    code, out = run_cli("--store", str(store_path), "retry", "1")
+    assert code == 1
+    first = out.splitlines()[0]
+    assert "\x1b" not in first
+    assert "x\\e[2J" in first

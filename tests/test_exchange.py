@@ -184,7 +184,7 @@ def test_junit_xml_omits_properties_that_are_unknown() -> None:
     ]
 
 
-def test_junit_xml_failure_carries_the_last_line_and_full_text() -> None:
+def test_junit_xml_failure_carries_the_error_line_and_full_text() -> None:
     case = junit_cases(mixed_run())["test_fail"]
 
     assert case.attrib == {
@@ -194,7 +194,7 @@ def test_junit_xml_failure_carries_the_last_line_and_full_text() -> None:
     }
     [failure] = list(case)
     assert failure.tag == "failure"
-    assert failure.attrib == {"message": "E       assert 1 == 2"}
+    assert failure.attrib == {"message": "assert 1 == 2"}
     assert failure.text == "def test_fail():\n>       assert 1 == 2\nE       assert 1 == 2\n"
 
 
@@ -202,7 +202,7 @@ def test_junit_xml_error_message_names_the_phase() -> None:
     [error] = list(junit_cases(mixed_run())["test_error"])
 
     assert error.tag == "error"
-    assert error.attrib == {"message": "setup: E   fixture 'db'"}
+    assert error.attrib == {"message": "setup: fixture 'db'"}
     assert error.text == "E   fixture 'db'"
 
 

@@ -250,7 +250,7 @@ def test_diff_of_a_partial_retry_compares_what_it_ran(
     assert diff["disappeared"] == []
     assert len(diff["not_retried"]) == 48
     text = cli_ok("--store", str(store_path), "diff", "1", "2")
-    assert "not retried (48): run 2 ran failed_only (2 of run 1's 50 tests)\n" in text
+    assert "not retried (48): run 2 ran failed_only, 2 tests\n" in text
     assert "test_d.py::test_n[0]" not in text
 
 
@@ -606,3 +606,57 @@ def test_merged_needs_junit(family: Path, capsys: pytest.CaptureFixture[str]) ->
     code, _ = run_cli("--store", str(family), "export", "1", "--format", "json", "--merged")
     assert code == 4
     assert "--merged goes with --format junit" in capsys.readouterr().err
+
+
+@pytest.fixture
+def fixed_collection(
+    pytester: pytest.Pytester, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Run 1: test_c.py fails to collect; run 2, its failed-only retry, collects it."""
+    pytester.makepyfile(
+        test_ok="def test_ok(): pass\n",
+        test_c="import os\nif not os.environ.get('OK'):\n    raise ImportError('not yet')\n"
+        "def test_c1(): pass\ndef test_c2(): pass\n",
+    )
+    pytester.runpytest()
+    monkeypatch.setenv("OK", "1")
+    pytester.runpytest("--retry-run=1", "--failed-only")
+    return store_path
+
+
+def test_diff_compares_a_fixed_collection_error_with_its_tests(fixed_collection: Path) -> None:
+    diff = json.loads(
+        cli_ok("--store", str(fixed_collection), "diff", "1", "2", "--format", "json")
+    )
+    assert diff["fixed"] == ["test_c.py::test_c1", "test_c.py::test_c2"]
+    assert diff["changed"] == ["test_ok.py::test_ok"]  # not run (the session stopped), now run
+    assert (diff["appeared"], diff["disappeared"], diff["not_retried"]) == ([], [], [])
+
+
+def test_merged_junit_reports_a_fixed_collection_error_as_flaky(
+    fixed_collection: Path, tmp_path: Path
+) -> None:
+    import xml.etree.ElementTree as ET
+
+    target = tmp_path / "merged.xml"
+    cli_ok(
+        "--store",
+        str(fixed_collection),
+        "export",
+        "2",
+        "--format",
+        "junit",
+        "--merged",
+        "-o",
+        str(target),
+    )
+    (suite,) = ET.parse(target).getroot()
+    assert (suite.get("tests"), suite.get("errors"), suite.get("failures")) == ("3", "0", "0")
+    cases = {case.get("name"): [child.tag for child in case] for case in suite.iter("testcase")}
+    assert cases == {"test_ok": [], "test_c1": ["flakyError"], "test_c2": ["flakyError"]}
+
+
+def test_diff_across_a_lineage_compares_what_the_retry_ran(family: Path) -> None:
+    diff = json.loads(cli_ok("--store", str(family), "diff", "1", "3", "--format", "json"))
+    assert diff["disappeared"] == []
+    assert diff["not_retried"] == ["test_flaky.py::test_stable"]

@@ -804,3 +804,19 @@ def test_a_retry_builds_only_what_it_plans(
         "test_fat.py::TestGroup::test_inside",
         "test_fat.py::test_param[1]",
     ]
+
+
+def test_editing_an_untracked_test_file_is_a_change(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    (pytester.path / "pytest.ini").write_text("[pytest]\n")
+    git(pytester.path, "init", "-q")
+    git(pytester.path, "add", "pytest.ini")
+    git(pytester.path, "commit", "-qm", "first")
+    pytester.makepyfile(test_new="def test_x():\n    assert False\n")
+    pytester.runpytest()
+    pytester.makepyfile(test_new="def test_x():\n    assert True  # fixed\n")
+    result = pytester.runpytest("--retry-run=last", "--failed-only")
+    result.stdout.fnmatch_lines(
+        ["rerun-runs: passed after changes (fixed, not flaky evidence): test_new.py::test_x"]
+    )

@@ -200,3 +200,52 @@ def test_a_stored_plan_never_reaches_outside_the_rootdir(
         ]
     )
     assert store_path.read_bytes() == before
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_an_integer_too_long_to_parse_is_one_line(
+    exported: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    text = json.dumps(exported).replace('"deselected": 0', '"deselected": ' + "9" * 5000)
+    hostile = tmp_path / f"huge{suffix}"
+    hostile.write_text(text)
+    capsys.readouterr()
+    code, _ = run_cli("--store", str(tmp_path / "fresh.db"), "import", str(hostile))
+    err = capsys.readouterr().err
+    assert code == 4
+    assert err.count("\n") == 1
+    assert not (tmp_path / "fresh.db").exists()
+
+
+def test_a_status_that_contradicts_the_exit_status_is_refused(
+    exported: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exported["status"], exported["exit_status"] = "passed", 1
+    hostile = tmp_path / "forged.json"
+    hostile.write_text(json.dumps(exported))
+    capsys.readouterr()
+    code, _ = run_cli("--store", str(tmp_path / "fresh.db"), "import", str(hostile))
+    assert code == 4
+    assert "status: 'passed' contradicts exit_status 1" in capsys.readouterr().err
+
+
+def test_imported_counts_come_from_the_results(exported: dict[str, Any], tmp_path: Path) -> None:
+    exported["counts"] = {"passed": 9}
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(exported))
+    store = tmp_path / "fresh.db"
+    code, _ = run_cli("--store", str(store), "import", str(forged))
+    assert code == 0
+    shown = json.loads(run_cli("--store", str(store), "show", "1", "--format", "json")[1])
+    assert (shown["counts"]["passed"], shown["counts"]["failed"]) == (1, 1)
+
+
+def test_a_run_reference_too_long_for_a_file_name_is_a_usage_error(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_m=SUITE)
+    pytester.runpytest()
+    result = pytester.runpytest("--retry-run=" + "7" * 300)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "Traceback" not in result.stderr.str()
+    result.stderr.fnmatch_lines(["ERROR: --retry-run 7777*: expected a run id*"])

@@ -269,9 +269,33 @@ def test_finished_runs_are_immutable_against_any_sql(
     run_id = store.create_run(make_new_run(), ABC)
     store.finish_run(run_id, RunFinish(0, 2.0), [Result("t.py::a", "passed", "call", position=0)])
     before = store.get_run(run_id)
-    with pytest.raises(Exception, match="a finished run cannot be changed"):
+    with pytest.raises(Exception, match=IMMUTABLE):
         backend.execute_sql(statement)
     after = store.get_run(run_id)
+    assert (after.summary, after.results) == (before.summary, before.results)
+
+
+IMMUTABLE = "pytest-rerun-runs: a (finished run cannot be changed|run keeps its id and uid)"
+
+
+@pytest.mark.parametrize(
+    "takeover",
+    [
+        # An open run taking a finished run's uid or id would make REPLACE delete it.
+        "UPDATE OR REPLACE runs SET uid = (SELECT uid FROM runs WHERE id = 1) WHERE id = 2",
+        "UPDATE OR REPLACE runs SET id = 1 WHERE id = 2",
+    ],
+)
+def test_an_open_run_cannot_take_over_a_finished_one(
+    backend: Backend, store: RunStore, takeover: str
+) -> None:
+    finished = store.create_run(make_new_run(), ABC)
+    store.finish_run(finished, RunFinish(0, 2.0), [Result("t.py::a", "passed", "call", position=0)])
+    store.create_run(make_new_run(), ABC)
+    before = store.get_run(finished)
+    with pytest.raises(Exception, match=IMMUTABLE):
+        backend.execute_sql(takeover)
+    after = store.get_run(finished)
     assert (after.summary, after.results) == (before.summary, before.results)
 
 

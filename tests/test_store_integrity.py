@@ -286,3 +286,49 @@ def test_an_existing_directory_keeps_its_permissions(
     pytester.runpytest()
     assert stat.S_IMODE(store_path.parent.stat().st_mode) == 0o755
     assert stat.S_IMODE(store_path.stat().st_mode) == 0o600
+
+
+EVERY_READ = (["show", "2"], ["list"], ["flaky"], ["diff", "1", "2"])
+
+
+@pytest.mark.parametrize(
+    ("damage", "commands"),
+    [
+        ("UPDATE runs SET label = X'00ff' WHERE id = 2", EVERY_READ),
+        ("UPDATE runs SET created_at = 'abc' WHERE id = 2", EVERY_READ),
+        # list reads no selection: it has nothing to say about this one
+        ("UPDATE runs SET selection = X'00' WHERE id = 2", EVERY_READ[:1] + EVERY_READ[2:]),
+    ],
+)
+def test_damaged_columns_are_named_not_tracebacks(
+    pytester: pytest.Pytester,
+    capsys: pytest.CaptureFixture[str],
+    store_path: Path,
+    damage: str,
+    commands: tuple[list[str], ...],
+) -> None:
+    pytester.makepyfile(SUITE)
+    pytester.runpytest()
+    pytester.runpytest()
+    connection = sqlite3.connect(store_path, isolation_level=None)
+    connection.execute("DROP TRIGGER finished_runs_are_immutable")
+    connection.execute(damage)
+    connection.close()
+    for command in commands:
+        capsys.readouterr()
+        code, _ = run_cli("--store", str(store_path), *command)
+        err = capsys.readouterr().err
+        assert "Traceback" not in err, command
+        assert code in (0, 4), command
+        assert "run 2 in" in err, command
+    result = pytester.runpytest("--retry-run=failing")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # run 1 still says what fails
+
+
+def test_a_store_made_in_an_existing_empty_file_is_private(tmp_path: Path) -> None:
+    empty = tmp_path / "runs.db"
+    empty.touch(mode=0o644)
+    empty.chmod(0o644)
+    store = open_store(str(empty))
+    store.close()
+    assert stat.S_IMODE(empty.stat().st_mode) == 0o600

@@ -43,6 +43,7 @@ from pytest_rerun_runs.store.model import (
     DEFAULT_STALE_AFTER,
     OUTCOMES,
     PHASES,
+    RUN_STATUSES,
     Counts,
     Invocation,
     NewRun,
@@ -196,6 +197,9 @@ MIGRATIONS: list[str] = [
         WHEN EXISTS (
             SELECT 1 FROM runs WHERE (id = NEW.id OR uid = NEW.uid) AND finished_at IS NOT NULL
         ) BEGIN {_RAISE_FINISHED}; END;
+    CREATE TRIGGER run_keys_are_permanent BEFORE UPDATE OF id, uid ON runs
+        WHEN NEW.id IS NOT OLD.id OR (OLD.uid IS NOT NULL AND NEW.uid IS NOT OLD.uid)
+        BEGIN SELECT RAISE(ABORT, 'pytest-rerun-runs: a run keeps its id and uid'); END;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -326,7 +330,7 @@ class SqliteStore:
         existed = self._check_file(create and not read_only)
         self._connection = self._connect(create=create and not read_only, read_only=read_only)
         try:
-            if not existed and not read_only:
+            if not read_only and (not existed or self.path.stat().st_size == 0):
                 os.chmod(self.path, 0o600)  # failure texts often hold secrets
             self.version = self._open_schema()
             self._summary_columns = summary_columns(self.version)
@@ -734,7 +738,7 @@ class SqliteStore:
 
     def _summary(self, row: sqlite3.Row | tuple[Any, ...], now: float) -> RunSummary:
         try:
-            return self._decode_summary(row, now)
+            return _checked_summary(self._decode_summary(row, now))
         except (ValueError, TypeError, KeyError, AttributeError, zlib.error) as exc:
             raise RunDamaged(
                 f"run {row[0]} in {self.location} is damaged ({exc}); other runs are readable",
@@ -986,9 +990,11 @@ class SqliteStore:
                     position, extra = extra, extra + 1
                 results.append(result._replace(position=position))
             self._insert(connection, self._rows(run_id, results), size)
+            # Counts come from the results, never from what the file says.
+            counts = self._live_counts(run_id, size)
             connection.execute(
                 "UPDATE runs SET root_run_id = id, finished_at = ?, counts = ? WHERE id = ?",
-                (s.finished_at or s.created_at, json.dumps(run.summary.counts), run_id),
+                (s.finished_at or s.created_at, json.dumps(counts), run_id),
             )
         return run_id
 
@@ -1052,6 +1058,26 @@ class SqliteStore:
             except RunDamaged as exc:
                 self.damaged.append(exc)
         return summaries
+
+
+def _checked_summary(summary: RunSummary) -> RunSummary:
+    """``summary`` if its fields have the types a reader relies on; a damaged row
+    (another program's writes, a bad disk) raises ``TypeError``."""
+    texts = (summary.label, summary.reason, summary.invocation.host)
+    numbers = (summary.created_at, summary.started_at, summary.finished_at, summary.pruned_at)
+    if not all(value is None or isinstance(value, str) for value in texts):
+        raise TypeError("a text column holds something else")
+    if not all(value is None or isinstance(value, int | float) for value in numbers):
+        raise TypeError("a time column holds something else")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in summary.meta.items()):
+        raise TypeError("meta holds something other than text")
+    if summary.invocation.args is not None and not all(
+        isinstance(arg, str) for arg in summary.invocation.args
+    ):
+        raise TypeError("the recorded arguments hold something other than text")
+    if not isinstance(summary.counts, dict) or summary.status not in RUN_STATUSES:
+        raise TypeError("counts or status hold something else")
+    return summary
 
 
 def _last_seen(last_seen_at: float | None, started_at: float | None, created_at: float) -> float:
