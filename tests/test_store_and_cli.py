@@ -19,7 +19,6 @@ from pytest_rerun_runs.store import (
     RunFinish,
     SelectedTest,
     Selection,
-    hostname,
     open_store,
 )
 from tests.conftest import RunDict, make_new_run, run_cli
@@ -118,26 +117,6 @@ def test_store_round_trip(tmp_path: Path) -> None:
         ]
         assert [r.nodeid for r in store.get_run(run_id, {"failed"}).results] == ["a.py::t1"]
         assert len(only.selection) == 2
-    finally:
-        store.close()
-
-
-def test_run_of_a_vanished_process_reads_interrupted(tmp_path: Path) -> None:
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    dead_pid = int(gone.stdout)
-    store = open_store(str(tmp_path / "runs.db"))
-    try:
-        run_id = store.create_run(make_new_run(pid=dead_pid, host=hostname()), Selection([]))
-        assert store.get_summary(run_id).status == "interrupted"
-        assert store.latest_run_id(finished=True) == run_id
-        elsewhere = store.create_run(make_new_run(pid=dead_pid, host="other-host"), Selection([]))
-        assert store.get_summary(elsewhere).status == "running"
-        assert store.latest_run_id(finished=True) == run_id
     finally:
         store.close()
 
