@@ -57,7 +57,10 @@ import os
 import pytest
 
 _LISTED = os.environ.get("BENCH_FAIL")
-_FAIL = set(open(_LISTED).read().split()) if _LISTED else set()
+_FAIL = set()
+if _LISTED:
+    with open(_LISTED) as listed:
+        _FAIL = set(listed.read().splitlines())
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -447,6 +450,9 @@ def third_party_suite(peers: Path, failures: int = 20, seed: int = 1) -> tuple[S
         with tarfile.open(archive) as tar:
             tar.extractall(WORK, filter="data")
         (directory / "conftest.py").write_text(INJECTED_FAILURES)
+        # Its own rootdir: without this, pytest walks up to an enclosing project's
+        # configuration (this repository's, under benchmarks/.work).
+        (directory / "pytest.ini").write_text("[pytest]\n")
         (directory / ".prepared").write_text("")
     SUITE_ENV["PYTHONPATH"] = str(directory / "src")
     listing = subprocess.run(
@@ -468,7 +474,7 @@ def third_party_suite(peers: Path, failures: int = 20, seed: int = 1) -> tuple[S
         text=True,
         check=True,
     ).stdout.splitlines()
-    nodeids = [line for line in listing if "::" in line]
+    nodeids = [line for line in listing if "::" in line and not line.startswith(" ")]
     chosen = random.Random(seed).sample(nodeids, failures)
     (WORK / "injected-failures.txt").write_text("\n".join(chosen) + "\n")
     SUITE_ENV["BENCH_FAIL"] = str(WORK / "injected-failures.txt")

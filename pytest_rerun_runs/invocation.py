@@ -153,7 +153,8 @@ def tree_fingerprint(start: Path, files: Iterable[str] = ()) -> str | None:
     size or modification time differs from the index (what ``git status`` looks
     at first), so a clean checkout of one commit gives the same fingerprint on
     every machine; ``files`` (the run's test files, relative to ``start``) that git
-    does not track count by their content, so editing a new test file is a change.
+    does not track count by their size and modification time, so editing a new
+    test file is a change.
     Without git: the paths, sizes and modification times of the code and
     configuration files under ``start``. ``None`` when it cannot be told cheaply.
     """
@@ -168,6 +169,7 @@ def tree_fingerprint(start: Path, files: Iterable[str] = ()) -> str | None:
         if info.commit is None or index is None or worktree is None:
             return None
         changed, tracked = index
+        untracked: list[Path] = []
         for name in sorted(set(files)):
             path = start / name
             try:
@@ -175,8 +177,16 @@ def tree_fingerprint(start: Path, files: Iterable[str] = ()) -> str | None:
             except (OSError, ValueError):
                 continue
             if relative not in tracked:
-                changed.append(path)
+                untracked.append(path)
         digest.update(info.commit.encode())
+        for path in untracked:  # local by nature: size and time tell a change
+            try:
+                status = path.stat()
+            except OSError:
+                continue
+            digest.update(
+                f"\0{path}\0{status.st_size}\0{status.st_mtime_ns}".encode(errors="replace")
+            )
         for path in changed:
             digest.update(b"\0" + os.fsencode(path) + b"\0")
             try:

@@ -540,6 +540,8 @@ class SqliteStore:
             assert run_id is not None
             if new_run.root_run_id is None:
                 connection.execute("UPDATE runs SET root_run_id = id WHERE id = ?", (run_id,))
+        # The writer of a run checks its results against this selection: it has it.
+        self._selections[run_id] = [test.nodeid for test in selection.tests]
         return run_id
 
     @staticmethod
