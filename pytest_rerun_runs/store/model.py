@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -475,11 +474,15 @@ def is_settled(
 
 
 def new_uid() -> str:
+    import uuid  # a few milliseconds: not at plugin import
+
     return uuid.uuid4().hex
 
 
 def legacy_uid(created_at: float, host: str | None, pid: int | None, run_id: int) -> str:
     """A stable uid for a run recorded before runs had one (and for such exports)."""
+    import uuid
+
     return uuid.uuid5(uuid.NAMESPACE_OID, f"pytest-runs:{created_at!r}:{host}:{pid}:{run_id}").hex
 
 
