@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("after", metavar="B", type=run_reference_argument)
     sub.set_defaults(handler=cmd_diff)
 
-    sub = command("flaky", "tests that failed and passed at one commit", ("table", "json"))
+    sub = command(
+        "flaky", "tests that failed and passed with nothing changed in between", ("table", "json")
+    )
     sub.add_argument("--last", type=_positive_int, default=50, metavar="N", help="runs to read")
     sub.set_defaults(handler=cmd_flaky)
 
