@@ -7,6 +7,7 @@ collection was refused) in the same :class:`RetryState` for the recorder.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,7 @@ class NarrowingPlugin:
         plan = state.plan
         self.matcher = PlanMatcher(plan.tests, plan.collectors)
         collector_files = {c.file for c in plan.collectors}
+        self.planned_nodeids = {test.nodeid for test in plan.tests}
         self.children = {
             collector: names
             for collector, names in planned_children(plan.tests).items()
@@ -107,6 +109,23 @@ class NarrowingPlugin:
         if wanted is None or name in wanted:
             return None
         return []
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(
+        self, collector: pytest.Collector
+    ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+        report = yield
+        # The unplanned parameters of a planned parametrized function are built
+        # (pytest parametrizes a function whole) but go no further: they never
+        # become session items, so nothing downstream walks or deselects them.
+        if collector.nodeid in self.children and report.result:
+            planned = self.planned_nodeids
+            report.result = [
+                node
+                for node in report.result
+                if not isinstance(node, pytest.Item) or node.nodeid in planned
+            ]
+        return report
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(
