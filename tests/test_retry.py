@@ -819,3 +819,40 @@ def test_editing_an_untracked_test_file_is_a_change(
     result.stdout.fnmatch_lines(
         ["rerun-runs: passed after changes (fixed, not flaky evidence): test_new.py::test_x"]
     )
+
+
+def test_a_retry_of_unittest_and_doctest_items_builds_only_those(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(
+        test_u="""
+        import unittest
+
+        class TestCase(unittest.TestCase):
+            def test_ok(self):
+                pass
+
+            def test_fail(self):
+                self.fail("no")
+
+        def helper():
+            '''
+            >>> 1 + 1
+            3
+            '''
+
+        def other():
+            '''
+            >>> 2
+            2
+            '''
+        """
+    )
+    pytester.runpytest("--doctest-modules")
+    result = pytester.runpytest("--doctest-modules", "--retry-run=1", "--failed-only", "-v")
+    result.assert_outcomes(failed=2)
+    assert sorted(show(2)["selection"]) == [
+        "test_u.py::TestCase::test_fail",
+        "test_u.py::test_u.helper",
+    ]
+    assert "deselected" not in result.parseoutcomes()
