@@ -165,7 +165,9 @@ class Recorder:
             self._fail(exc)
 
     def _add_test_report(self, report: pytest.TestReport) -> None:
-        nodeid = clean_text(report.nodeid)
+        nodeid = report.nodeid
+        if not nodeid.isascii():
+            nodeid = clean_text(nodeid)
         when = report.when
         outcome: str = report.outcome
         # The attribute pytest's skipping plugin sets; a dict lookup is much

@@ -127,7 +127,8 @@ class RecordingPlugin:
             self._open_store,
             self._warn,
             flush_interval=options.flush_interval,
-            on_result=self._on_result,
+            # Only a retry watches results (for what passed after failing).
+            on_result=self._on_result if source is not None else None,
         )
         self.created_at = time.time()
         self.deselected = 0

@@ -287,10 +287,6 @@ def _decoded(blob: bytes) -> tuple[tuple[SelectedTest, ...], dict[str, int]]:
     return tests, first
 
 
-def _micros(seconds: float) -> int:
-    return round(seconds * 1_000_000)
-
-
 def connect(
     location: str,
     *,
@@ -618,9 +614,9 @@ class SqliteStore:
                     result.position,
                     outcome_code[result.outcome],
                     phase_code[result.when],
-                    _micros(result.setup_duration),
-                    _micros(result.call_duration),
-                    _micros(result.teardown_duration),
+                    round(result.setup_duration * 1_000_000),
+                    round(result.call_duration * 1_000_000),
+                    round(result.teardown_duration * 1_000_000),
                     result.worker,
                     result.longrepr,
                     result.rerun_attempts,
