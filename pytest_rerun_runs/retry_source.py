@@ -47,10 +47,6 @@ class RunReference:
     file: Path | None = None
     failing: bool = False
 
-    @property
-    def is_last(self) -> bool:
-        return self.run_id is None and self.file is None and not self.failing
-
     def __str__(self) -> str:
         return self.text
 

@@ -266,13 +266,7 @@ def test_a_finished_run_refuses_new_results(store: RunStore) -> None:
 def test_finished_runs_are_immutable_against_any_sql(
     backend: Backend, store: RunStore, statement: str
 ) -> None:
-    run_id = store.create_run(make_new_run(), ABC)
-    store.finish_run(run_id, RunFinish(0, 2.0), [Result("t.py::a", "passed", "call", position=0)])
-    before = store.get_run(run_id)
-    with pytest.raises(Exception, match=IMMUTABLE):
-        backend.execute_sql(statement)
-    after = store.get_run(run_id)
-    assert (after.summary, after.results) == (before.summary, before.results)
+    assert_refused(backend, store, finished_run(store), statement)
 
 
 IMMUTABLE = "pytest-rerun-runs: a (finished run cannot be changed|run keeps its id and uid)"
@@ -289,13 +283,23 @@ IMMUTABLE = "pytest-rerun-runs: a (finished run cannot be changed|run keeps its 
 def test_an_open_run_cannot_take_over_a_finished_one(
     backend: Backend, store: RunStore, takeover: str
 ) -> None:
-    finished = store.create_run(make_new_run(), ABC)
-    store.finish_run(finished, RunFinish(0, 2.0), [Result("t.py::a", "passed", "call", position=0)])
+    finished = finished_run(store)
     store.create_run(make_new_run(), ABC)
-    before = store.get_run(finished)
+    assert_refused(backend, store, finished, takeover)
+
+
+def finished_run(store: RunStore) -> int:
+    run_id = store.create_run(make_new_run(), ABC)
+    store.finish_run(run_id, RunFinish(0, 2.0), [Result("t.py::a", "passed", "call", position=0)])
+    return run_id
+
+
+def assert_refused(backend: Backend, store: RunStore, run_id: int, statement: str) -> None:
+    """``statement``, run as another client would, is refused and changes nothing."""
+    before = store.get_run(run_id)
     with pytest.raises(Exception, match=IMMUTABLE):
-        backend.execute_sql(takeover)
-    after = store.get_run(finished)
+        backend.execute_sql(statement)
+    after = store.get_run(run_id)
     assert (after.summary, after.results) == (before.summary, before.results)
 
 

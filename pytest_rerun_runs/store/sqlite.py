@@ -837,16 +837,7 @@ class SqliteStore:
             query += f" AND outcome IN ({', '.join('?' * len(codes))})"
             parameters.extend(codes)
         with self._errors("read"):
-            (blob,) = self._connection.execute(
-                "SELECT selection FROM runs WHERE id = ?", (run_id,)
-            ).fetchone()
-            try:
-                selection = decode_selection(blob)
-            except (ValueError, TypeError, KeyError, IndexError, zlib.error) as exc:
-                raise RunDamaged(
-                    f"run {run_id} in {self.location} is damaged ({exc}); other runs are readable",
-                    run_id=run_id,
-                ) from None
+            selection = list(self._stored_selection(run_id)[0])
             size = len(selection)
             rows = self._connection.execute(query, parameters).fetchall()
             reported: set[int] = set()
@@ -890,22 +881,29 @@ class SqliteStore:
         results = results_in_selection_order(selection, stored, outcomes, reported)
         return Run(summary=summary, selection=selection, results=results)
 
+    def _stored_selection(self, run_id: int) -> tuple[tuple[SelectedTest, ...], dict[str, int]]:
+        """A run's selection and each node id's first position, as ``_decoded`` gives
+        them; a selection that cannot be decoded is this run's damage alone."""
+        row = self._connection.execute(
+            "SELECT selection FROM runs WHERE id = ?", (run_id,)
+        ).fetchone()
+        if row is None:
+            raise RunNotFound(f"run {run_id} not found in {self.location}", run_id=run_id)
+        if not row[0]:
+            return (), {}
+        try:
+            return _decoded(row[0])
+        except (ValueError, TypeError, KeyError, IndexError, zlib.error) as exc:
+            raise RunDamaged(
+                f"run {run_id} in {self.location} is damaged ({exc}); other runs are readable",
+                run_id=run_id,
+            ) from None
+
     def get_outcomes(
         self, run_id: int, nodeids: Collection[str], only: Collection[str] | None = None
     ) -> dict[str, Outcome]:
         with self._errors("read"):
-            row = self._connection.execute(
-                "SELECT selection FROM runs WHERE id = ?", (run_id,)
-            ).fetchone()
-            if row is None:
-                raise RunNotFound(f"run {run_id} not found in {self.location}", run_id=run_id)
-            try:
-                first = _decoded(row[0])[1] if row[0] else {}
-            except (ValueError, TypeError, KeyError, IndexError, zlib.error) as exc:
-                raise RunDamaged(
-                    f"run {run_id} in {self.location} is damaged ({exc}); other runs are readable",
-                    run_id=run_id,
-                ) from None
+            first = self._stored_selection(run_id)[1]
             position_of = {first[nodeid]: nodeid for nodeid in nodeids if nodeid in first}
             found: dict[str, Outcome] = {}
             if only is None or "not_run" in only:
