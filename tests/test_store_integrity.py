@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -121,7 +122,22 @@ def test_a_store_the_user_cannot_write_is_readable(two_runs: Path, tmp_path: Pat
         path.chmod(0o444)
     directory.chmod(0o555)
     os.chmod(directory.parent, 0o755)
-    reader = "import sys; from pytest_rerun_runs import cli; sys.exit(cli.main(sys.argv[1:]))"
+    # The reader runs as another user, from a copy of the package that user can
+    # read (the checkout itself may sit in a private directory).
+    package = tmp_path / "readable"
+    shutil.copytree(
+        Path(__file__).resolve().parent.parent / "pytest_rerun_runs",
+        package / "pytest_rerun_runs",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for parent in [package, *package.parents]:
+        if str(parent).startswith("/tmp"):
+            parent.chmod(parent.stat().st_mode | stat.S_IXOTH | stat.S_IROTH)
+    for path in package.rglob("*"):
+        path.chmod(path.stat().st_mode | stat.S_IROTH | (stat.S_IXOTH if path.is_dir() else 0))
+    for parent in two_runs.parents:
+        if str(parent).startswith("/tmp"):
+            parent.chmod(parent.stat().st_mode | stat.S_IXOTH | stat.S_IROTH)
     as_nobody = None
     if os.geteuid() == 0:
 
@@ -129,19 +145,24 @@ def test_a_store_the_user_cannot_write_is_readable(two_runs: Path, tmp_path: Pat
             os.setgid(65534)
             os.setuid(65534)
 
-    try:
-        parents = [p for p in two_runs.parents if str(p).startswith("/tmp")]
-        for parent in parents:
-            parent.chmod(parent.stat().st_mode | stat.S_IXOTH | stat.S_IROTH)
-        completed = subprocess.run(
-            [sys.executable, "-c", reader, "--store", str(two_runs), "show", "2"],
+    def run(python: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [python, *args],
             capture_output=True,
             text=True,
             preexec_fn=as_nobody,
             cwd="/",
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+            env={**os.environ, "PYTHONPATH": str(package), "PYTHONDONTWRITEBYTECODE": "1"},
             check=False,
         )
+
+    pythons = [sys.executable, "/usr/bin/python3"]
+    usable = [p for p in pythons if run(p, "-c", "import pytest_rerun_runs.cli").returncode == 0]
+    if not usable:
+        pytest.skip("no Python here that an unprivileged user may run")
+    reader = "import sys; from pytest_rerun_runs import cli; sys.exit(cli.main(sys.argv[1:]))"
+    try:
+        completed = run(usable[0], "-c", reader, "--store", str(two_runs), "show", "2")
     finally:
         directory.chmod(0o700)
     assert completed.returncode == 0, completed.stderr
