@@ -156,8 +156,13 @@ def test_a_store_the_user_cannot_write_is_readable(two_runs: Path, tmp_path: Pat
             check=False,
         )
 
-    pythons = [sys.executable, "/usr/bin/python3"]
-    usable = [p for p in pythons if run(p, "-c", "import pytest_rerun_runs.cli").returncode == 0]
+    def can_read(python: str) -> bool:
+        try:
+            return run(python, "-c", "import pytest_rerun_runs.cli").returncode == 0
+        except OSError:  # that user may not even execute this interpreter
+            return False
+
+    usable = [p for p in (sys.executable, "/usr/bin/python3") if can_read(p)]
     if not usable:
         pytest.skip("no Python here that an unprivileged user may run")
     reader = "import sys; from pytest_rerun_runs import cli; sys.exit(cli.main(sys.argv[1:]))"
