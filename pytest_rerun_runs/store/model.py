@@ -67,6 +67,8 @@ def status_from_exit(exit_status: int) -> RunStatus:
 
 @dataclass(frozen=True)
 class GitInfo:
+    """The branch and commit a run was recorded at."""
+
     branch: str | None = None
     commit: str | None = None
 
@@ -193,6 +195,8 @@ class Selection:
 
 @dataclass(frozen=True)
 class RunFinish:
+    """How a run ended: what ``finish_run`` writes."""
+
     exit_status: int
     finished_at: float
     deselected: int | None = None
