@@ -7,6 +7,7 @@ that finished runs are immutable in the database itself).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -15,13 +16,16 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from pytest_rerun_runs.store import (
+    AccessStore,
     AlreadyClaimed,
     ConflictingSelection,
     InvalidResult,
+    Invocation,
     NotClaimed,
     NotQueued,
     Result,
@@ -32,6 +36,7 @@ from pytest_rerun_runs.store import (
     RunStore,
     SelectedTest,
     Selection,
+    TokenNotFound,
     hostname,
     open_store,
 )
@@ -469,3 +474,112 @@ def test_errors_carry_stable_codes(store: RunStore) -> None:
         "message": f"run 5 not found in {store.location} (it holds no runs)",
         "details": {"run_id": 5},
     }
+
+
+# -- cancelling ------------------------------------------------------------------------------
+
+
+def test_cancelling_a_queued_run_finishes_it_as_cancelled(store: RunStore) -> None:
+    run_id = queued(store)
+    assert store.cancel_run(run_id, 9.0) == "cancelled"
+    summary = store.get_summary(run_id)
+    assert (summary.status, summary.finished_at, summary.counts["not_run"]) == ("cancelled", 9.0, 3)
+    with pytest.raises(RunFinished):
+        store.append_results(run_id, [Result("t.py::a", "passed", "call", position=0)])
+    assert store.cancel_run(run_id, 11.0) == "no_op"
+
+
+def test_cancelling_a_running_run_asks_its_session_to_stop(
+    store: RunStore, other_store: RunStore
+) -> None:
+    run_id = store.create_run(make_new_run(), ABC)
+    assert other_store.cancel_run(run_id, 9.0) == "cancel_requested"
+    summary = store.get_summary(run_id)
+    assert (summary.status, summary.cancel_requested) == ("running", True)
+    store.append_results(run_id, [Result("t.py::a", "passed", "call", position=0)])
+    assert store.get_run(run_id).to_dict()["cancel_requested"] is True
+
+
+def test_cancelling_a_finished_run_changes_nothing(store: RunStore) -> None:
+    run_id = finished_run(store)
+    before = store.get_run(run_id)
+    assert store.cancel_run(run_id, 9.0) == "no_op"
+    assert store.get_run(run_id) == before
+    with pytest.raises(RunNotFound):
+        store.cancel_run(run_id + 100, 9.0)
+
+
+# -- listing -----------------------------------------------------------------------------------
+
+
+def test_listing_filters_and_pages(store: RunStore) -> None:
+    from pytest_rerun_runs.store import GitInfo
+
+    def on(branch: str, commit: str) -> Invocation:
+        return dataclasses.replace(make_invocation(), git=GitInfo(branch, commit))
+
+    first = store.create_run(make_new_run(label="nightly", invocation=on("main", "c1")), ABC)
+    second = store.create_run(make_new_run(invocation=on("dev", "c2")), ABC)
+    store.finish_run(second, RunFinish(1, 3.0))
+    third = store.create_run(make_new_run(label="nightly", invocation=on("main", "c3")), ABC)
+    retry = store.create_run(
+        make_new_run(source_run_id=first, root_run_id=first, attempt=2, status="queued"), ABC
+    )
+
+    def ids(**filters: Any) -> list[int]:
+        return [s.id for s in store.list_runs(**filters)]
+
+    assert ids() == [retry, third, second, first]
+    assert ids(limit=2) == [retry, third]
+    assert ids(limit=2, before=third) == [second, first]
+    assert ids(label="nightly") == [third, first]
+    assert ids(branch="main") == [third, first]
+    assert ids(commit="c2") == [second]
+    assert ids(status="failed") == [second]
+    assert ids(status="queued") == [retry]
+    assert ids(status="running") == [third, first]
+    assert ids(root_run_id=first) == [retry, first]
+    assert ids(label="nope") == []
+
+
+# -- what the server keeps -------------------------------------------------------------------
+
+
+@pytest.fixture
+def access(store: RunStore) -> AccessStore:
+    return cast(AccessStore, store)
+
+
+def test_tokens_are_kept_by_hash_and_revoked(access: AccessStore) -> None:
+    token = access.add_token("ci", "h" * 64, ["runs:read", "runs:write"], 1.0, None)
+    assert access.token_by_hash("h" * 64) == token
+    assert token.scopes == ("runs:read", "runs:write") and token.usable(2.0)
+    assert access.token_by_hash("x" * 64) is None
+    revoked = access.revoke_token(token.id, 5.0)
+    assert (revoked.revoked_at, revoked.usable(6.0)) == (5.0, False)
+    assert access.revoke_token(token.id, 7.0).revoked_at == 5.0
+    assert [t.id for t in access.list_tokens()] == [token.id]
+    with pytest.raises(TokenNotFound):
+        access.revoke_token(token.id + 1, 5.0)
+    expiring = access.add_token(None, "e" * 64, ["admin"], 1.0, 10.0)
+    assert (expiring.usable(9.9), expiring.usable(10.0)) == (True, False)
+
+
+def test_requests_are_counted_per_token_and_window(
+    access: AccessStore, other_store: RunStore
+) -> None:
+    other = cast(AccessStore, other_store)
+    assert [access.count_request(1, 60, 61.0) for _ in range(3)] == [1, 2, 3]
+    assert other.count_request(1, 60, 62.0) == 4
+    assert other.count_request(2, 60, 62.0) == 1
+    assert access.count_request(1, 120, 121.0) == 1
+
+
+def test_an_idempotency_key_keeps_its_first_request(
+    access: AccessStore, other_store: RunStore
+) -> None:
+    assert access.recall_key(1, "k") is None
+    assert access.remember_key(1, "k", "body-1", 7, 1.0) == ("body-1", 7)
+    assert cast(AccessStore, other_store).remember_key(1, "k", "body-2", 8, 2.0) == ("body-1", 7)
+    assert access.recall_key(1, "k") == ("body-1", 7)
+    assert access.recall_key(2, "k") is None

@@ -31,6 +31,8 @@ from pytest_rerun_runs.store.errors import (
     StoreError,
     StoreNotFound,
     StoreTooNew,
+    TokenNotFound,
+    UnknownTests,
     UnsupportedStore,
 )
 from pytest_rerun_runs.store.model import (
@@ -43,6 +45,8 @@ from pytest_rerun_runs.store.model import (
     RETRY_MODES,
     RETRY_OUTCOMES,
     RUN_STATUSES,
+    SCOPES,
+    CancelOutcome,
     Counts,
     GitInfo,
     Invocation,
@@ -57,6 +61,7 @@ from pytest_rerun_runs.store.model import (
     RunSummary,
     SelectedTest,
     Selection,
+    Token,
     check_positions,
     clean_text,
     count_outcomes,
@@ -85,7 +90,10 @@ __all__ = [
     "RETRY_MODES",
     "RETRY_OUTCOMES",
     "RUN_STATUSES",
+    "SCOPES",
+    "AccessStore",
     "AlreadyClaimed",
+    "CancelOutcome",
     "ConflictingSelection",
     "Counts",
     "GitInfo",
@@ -117,6 +125,9 @@ __all__ = [
     "StoreError",
     "StoreNotFound",
     "StoreTooNew",
+    "Token",
+    "TokenNotFound",
+    "UnknownTests",
     "UnsupportedStore",
     "backend_for",
     "check_positions",
@@ -203,7 +214,26 @@ class RunStore(Protocol):
         more results (what ``last`` means)."""
         ...
 
-    def list_runs(self, limit: int | None = None) -> list[RunSummary]: ...
+    def list_runs(
+        self,
+        limit: int | None = None,
+        *,
+        before: int | None = None,
+        status: str | None = None,
+        label: str | None = None,
+        branch: str | None = None,
+        commit: str | None = None,
+        root_run_id: int | None = None,
+    ) -> list[RunSummary]:
+        """The newest runs first (ids below ``before``), those that match every
+        filter given; ``status`` is the status the run reads now."""
+        ...
+
+    def cancel_run(self, run_id: int, now: float) -> CancelOutcome:
+        """Stop a run: a queued one is ``cancelled`` at once; a running one gets
+        ``cancel_requested`` (its session stops at its next write); a finished one
+        is left as it is (``no_op``)."""
+        ...
 
     def lineage(self, run_id: int) -> list[RunSummary]:
         """Every run that shares ``run_id``'s root, oldest first."""
@@ -220,6 +250,38 @@ class RunStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class AccessStore(Protocol):
+    """What the server keeps beside the runs, in the same store so that every
+    server process sees it: tokens (hashed), rate-limit windows, idempotency keys."""
+
+    def add_token(
+        self, name: str | None, token_hash: str, scopes: Sequence[str], created_at: float,
+        expires_at: float | None,
+    ) -> Token: ...
+
+    def list_tokens(self) -> list[Token]: ...
+
+    def revoke_token(self, token_id: int, now: float) -> Token:
+        """Revoke a token (revoking it again changes nothing); :class:`TokenNotFound`."""
+        ...
+
+    def token_by_hash(self, token_hash: str) -> Token | None: ...
+
+    def count_request(self, token_id: int, window_start: int, now: float) -> int:
+        """Count one request of ``token_id`` in the rate-limit window starting at
+        ``window_start`` and return how many it holds now (atomic across processes)."""
+        ...
+
+    def remember_key(
+        self, token_id: int, key: str, request_hash: str, run_id: int, now: float
+    ) -> tuple[str, int]:
+        """Keep ``key`` -> (``request_hash``, ``run_id``) unless the key is known;
+        return what the key holds."""
+        ...
+
+    def recall_key(self, token_id: int, key: str) -> tuple[str, int] | None: ...
 
 
 #: URL scheme -> (backend module, extra that installs what it needs).

@@ -117,3 +117,13 @@ class InvalidResult(RunsError):
     """A result without a valid position in its run."""
 
     code = "invalid_result"
+
+
+class UnknownTests(RunsError):
+    """A retry of tests its source did not select."""
+
+    code = "unknown_tests"
+
+
+class TokenNotFound(RunsError):
+    code = "token_not_found"

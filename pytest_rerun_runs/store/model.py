@@ -256,6 +256,8 @@ class RunSummary:
     plan: dict[str, Any] | None = None
     #: The runs whose failures a ``failing`` run retries.
     contributors: tuple[int, ...] = ()
+    #: A running run asked to stop (its session stops at its next write).
+    cancel_requested: bool = False
 
     @property
     def duration(self) -> float | None:
@@ -323,6 +325,7 @@ class Run:
             "origin": s.origin,
             "pruned_at": iso(s.pruned_at),
             "contributors": list(s.contributors),
+            "cancel_requested": s.cancel_requested,
         }
 
     @classmethod
@@ -382,6 +385,39 @@ class Run:
             uid=uid if isinstance(uid, str) else None,
         )
         return cls(summary=summary, selection=selection, results=results)
+
+
+#: What cancelling did: stopped a queued run, asked a running one to stop, nothing.
+CancelOutcome = Literal["cancelled", "cancel_requested", "no_op"]
+
+#: What a token may do: read history, record runs, retry/cancel/claim them, administer.
+Scope = Literal["runs:read", "runs:write", "runs:retry", "admin"]
+SCOPES: tuple[Scope, ...] = ("runs:read", "runs:write", "runs:retry", "admin")
+
+
+@dataclass(frozen=True)
+class Token:
+    """An API token of the server, as stored: its secret only as a hash."""
+
+    id: int
+    name: str | None
+    scopes: tuple[str, ...]
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def usable(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "scopes": list(self.scopes),
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "revoked_at": iso(self.revoked_at),
+        }
 
 
 def hostname() -> str:

@@ -38,12 +38,14 @@ from pytest_rerun_runs.store.errors import (
     StoreError,
     StoreNotFound,
     StoreTooNew,
+    TokenNotFound,
 )
 from pytest_rerun_runs.store.model import (
     DEFAULT_STALE_AFTER,
     OUTCOMES,
     PHASES,
     RUN_STATUSES,
+    CancelOutcome,
     Counts,
     Invocation,
     NewRun,
@@ -54,6 +56,7 @@ from pytest_rerun_runs.store.model import (
     RunSummary,
     SelectedTest,
     Selection,
+    Token,
     check_positions,
     counts_from_groups,
     effective_status,
@@ -201,6 +204,45 @@ MIGRATIONS: list[str] = [
         WHEN NEW.id IS NOT OLD.id OR (OLD.uid IS NOT NULL AND NEW.uid IS NOT OLD.uid)
         BEGIN SELECT RAISE(ABORT, 'pytest-rerun-runs: a run keeps its id and uid'); END;
     """,
+    # 4: the server. A running run can be asked to stop; tokens (hashed),
+    # rate-limit windows and idempotency keys live beside the runs, where every
+    # server process sees them.
+    f"""
+    ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    DROP TRIGGER finished_runs_are_immutable;
+    CREATE TRIGGER finished_runs_are_immutable BEFORE UPDATE ON runs
+        WHEN OLD.finished_at IS NOT NULL AND NOT (
+            OLD.pruned_at IS NULL AND NEW.pruned_at IS NOT NULL AND NEW.selection IS NULL
+            AND {_UNCHANGED_BY_PRUNE} AND NEW.uid IS OLD.uid
+            AND NEW.last_seen_at IS OLD.last_seen_at AND NEW.plan IS OLD.plan
+            AND NEW.contributors IS OLD.contributors
+            AND NEW.cancel_requested IS OLD.cancel_requested
+        ) BEGIN {_RAISE_FINISHED}; END;
+    CREATE INDEX runs_by_status ON runs (status, id);
+    CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT,
+        token_hash TEXT NOT NULL UNIQUE,
+        scopes TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        revoked_at REAL
+    );
+    CREATE TABLE rate_windows (
+        token_id INTEGER NOT NULL,
+        window_start INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        PRIMARY KEY (token_id, window_start)
+    ) WITHOUT ROWID;
+    CREATE TABLE idempotency_keys (
+        token_id INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        run_id INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (token_id, key)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -244,6 +286,7 @@ _SUMMARY_COLUMNS: tuple[tuple[str, int], ...] = (
     ("last_seen_at", 3),
     ("plan", 3),
     ("contributors", 3),
+    ("cancel_requested", 4),
 )
 _SQLITE_HEADER = b"SQLite format 3\x00"
 #: An empty file of one of these names may become a new store; any other
@@ -771,6 +814,7 @@ class SqliteStore:
             last_seen_at,
             plan,
             contributors,
+            cancel_requested,
         ) = row
         return RunSummary(
             id=run_id,
@@ -803,6 +847,7 @@ class SqliteStore:
             last_seen_at=last_seen_at,
             plan=json.loads(plan) if plan else None,
             contributors=tuple(json.loads(contributors)) if contributors else (),
+            cancel_requested=bool(cancel_requested),
         )
 
     def get_summary(self, run_id: int) -> RunSummary:
@@ -1038,22 +1083,177 @@ class SqliteStore:
                     return int(run_id)
             return None
 
-    def list_runs(self, limit: int | None = None) -> list[RunSummary]:
+    def list_runs(
+        self,
+        limit: int | None = None,
+        *,
+        before: int | None = None,
+        status: str | None = None,
+        label: str | None = None,
+        branch: str | None = None,
+        commit: str | None = None,
+        root_run_id: int | None = None,
+    ) -> list[RunSummary]:
         """The newest runs first; a run that cannot be read is left out and noted
         in ``damaged``."""
+        conditions: list[str] = []
+        values: list[object] = []
+        if before is not None:
+            conditions.append("id < ?")
+            values.append(min(before, _MAX_ID))
+        if label is not None:
+            conditions.append("label = ?")
+            values.append(label)
+        if root_run_id is not None:
+            conditions.append("coalesce(root_run_id, id) = ?")
+            values.append(min(root_run_id, _MAX_ID))
+        for value, path in ((branch, "$.git.branch"), (commit, "$.git.commit")):
+            if value is not None:
+                conditions.append(f"json_extract(invocation, '{path}') = ?")
+                values.append(value)
+        if status is not None:
+            # A running run whose session is gone reads interrupted: which of the
+            # stored statuses can read ``status`` is decided here, the rest below.
+            stored = {"interrupted": ("interrupted", "running")}.get(status, (status,))
+            conditions.append(f"status IN ({', '.join('?' * len(stored))})")
+            values.extend(stored)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        wanted = -1 if limit is None else min(limit, _MAX_ID)
+        summaries: list[RunSummary] = []
         with self._errors("read"):
             rows = self._connection.execute(
-                f"SELECT {self._summary_columns} FROM runs ORDER BY id DESC LIMIT ?",
-                (-1 if limit is None else min(limit, _MAX_ID),),
-            ).fetchall()
-        now = time.time()
-        summaries = []
-        for row in rows:
-            try:
-                summaries.append(self._summary(row, now))
-            except RunDamaged as exc:
-                self.damaged.append(exc)
+                f"SELECT {self._summary_columns} FROM runs {where} ORDER BY id DESC", values
+            )
+            now = time.time()
+            for row in rows:
+                if len(summaries) == wanted:
+                    break
+                try:
+                    summary = self._summary(row, now)
+                except RunDamaged as exc:
+                    self.damaged.append(exc)
+                    continue
+                if status is None or summary.status == status:
+                    summaries.append(summary)
         return summaries
+
+    def cancel_run(self, run_id: int, now: float) -> CancelOutcome:
+        if not 0 < run_id <= _MAX_ID:
+            raise RunNotFound(f"run {run_id} not found in {self.location}", run_id=run_id)
+        with self.transaction() as connection:
+            row = connection.execute(
+                "SELECT status, finished_at, selection_size FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise RunNotFound(f"run {run_id} not found in {self.location}", run_id=run_id)
+            status, finished_at, size = row
+            if finished_at is not None:
+                return "no_op"
+            if status == "queued":
+                connection.execute(
+                    "UPDATE runs SET status = 'cancelled', finished_at = ?, last_seen_at = ?,"
+                    " counts = ? WHERE id = ?",
+                    (now, now, json.dumps(self._live_counts(run_id, size)), run_id),
+                )
+                return "cancelled"
+        if self.get_summary(run_id).status != "running":
+            return "no_op"  # its session is gone: it reads interrupted
+        with self.transaction() as connection:
+            connection.execute(
+                "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND finished_at IS NULL",
+                (run_id,),
+            )
+        return "cancel_requested"
+
+    # -- what the server keeps beside the runs ----------------------------------
+
+    _TOKEN_COLUMNS = "id, name, scopes, created_at, expires_at, revoked_at"
+
+    @staticmethod
+    def _token(row: tuple[Any, ...]) -> Token:
+        token_id, name, scopes, created_at, expires_at, revoked_at = row
+        return Token(token_id, name, tuple(json.loads(scopes)), created_at, expires_at, revoked_at)
+
+    def add_token(
+        self,
+        name: str | None,
+        token_hash: str,
+        scopes: Sequence[str],
+        created_at: float,
+        expires_at: float | None,
+    ) -> Token:
+        with self.transaction() as connection:
+            cursor = connection.execute(
+                "INSERT INTO tokens (name, token_hash, scopes, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (name, token_hash, json.dumps(list(scopes)), created_at, expires_at),
+            )
+            token_id = cursor.lastrowid
+            assert token_id is not None
+        return Token(token_id, name, tuple(scopes), created_at, expires_at)
+
+    def list_tokens(self) -> list[Token]:
+        with self._errors("read"):
+            rows = self._connection.execute(
+                f"SELECT {self._TOKEN_COLUMNS} FROM tokens ORDER BY id"
+            ).fetchall()
+        return [self._token(row) for row in rows]
+
+    def revoke_token(self, token_id: int, now: float) -> Token:
+        with self.transaction() as connection:
+            connection.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (now, token_id),
+            )
+            row = connection.execute(
+                f"SELECT {self._TOKEN_COLUMNS} FROM tokens WHERE id = ?", (token_id,)
+            ).fetchone()
+        if row is None:
+            raise TokenNotFound(f"no token {token_id} in {self.location}", token_id=token_id)
+        return self._token(row)
+
+    def token_by_hash(self, token_hash: str) -> Token | None:
+        with self._errors("read"):
+            row = self._connection.execute(
+                f"SELECT {self._TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+        return None if row is None else self._token(row)
+
+    def count_request(self, token_id: int, window_start: int, now: float) -> int:
+        with self.transaction() as connection:
+            (requests,) = connection.execute(
+                "INSERT INTO rate_windows VALUES (?, ?, 1) ON CONFLICT (token_id, window_start)"
+                " DO UPDATE SET requests = requests + 1 RETURNING requests",
+                (token_id, window_start),
+            ).fetchone()
+            if requests == 1:  # a new window: the token's older ones are done with
+                connection.execute(
+                    "DELETE FROM rate_windows WHERE token_id = ? AND window_start < ?",
+                    (token_id, window_start),
+                )
+        return int(requests)
+
+    def remember_key(
+        self, token_id: int, key: str, request_hash: str, run_id: int, now: float
+    ) -> tuple[str, int]:
+        with self.transaction() as connection:
+            connection.execute(
+                "INSERT OR IGNORE INTO idempotency_keys VALUES (?, ?, ?, ?, ?)",
+                (token_id, key, request_hash, run_id, now),
+            )
+            row = connection.execute(
+                "SELECT request_hash, run_id FROM idempotency_keys WHERE token_id = ? AND key = ?",
+                (token_id, key),
+            ).fetchone()
+        return str(row[0]), int(row[1])
+
+    def recall_key(self, token_id: int, key: str) -> tuple[str, int] | None:
+        with self._errors("read"):
+            row = self._connection.execute(
+                "SELECT request_hash, run_id FROM idempotency_keys WHERE token_id = ? AND key = ?",
+                (token_id, key),
+            ).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
 
 
 def _checked_summary(summary: RunSummary) -> RunSummary:
