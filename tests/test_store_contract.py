@@ -553,7 +553,8 @@ def access(store: RunStore) -> AccessStore:
 def test_tokens_are_kept_by_hash_and_revoked(access: AccessStore) -> None:
     token = access.add_token("ci", "h" * 64, ["runs:read", "runs:write"], 1.0, None)
     assert access.token_by_hash("h" * 64) == token
-    assert token.scopes == ("runs:read", "runs:write") and token.usable(2.0)
+    assert token.scopes == ("runs:read", "runs:write")
+    assert token.usable(2.0)
     assert access.token_by_hash("x" * 64) is None
     revoked = access.revoke_token(token.id, 5.0)
     assert (revoked.revoked_at, revoked.usable(6.0)) == (5.0, False)
