@@ -39,6 +39,7 @@ from pytest_rerun_runs.store import (
     FAILING_OUTCOMES,
     OPEN_STATUSES,
     RETRY_OUTCOMES,
+    SCOPES,
     InputsNotRetained,
     Result,
     Run,
@@ -72,6 +73,15 @@ EXAMPLES = {
     ],
     "import": ["pytest-runs import run-1.json"],
     "prune": ["pytest-runs prune --keep 100 --dry-run", "pytest-runs prune --older-than 30d"],
+    "serve": [
+        "pytest-runs serve --port 8765",
+        "pytest-runs serve --store=/srv/runs.db --host 0.0.0.0 --workers 4",
+    ],
+    "token": [
+        "pytest-runs token create --scope runs:read --scope runs:write --name ci --expires 90d",
+        "pytest-runs token list",
+        "pytest-runs token revoke 3",
+    ],
 }
 
 
@@ -201,7 +211,69 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--older-than", metavar="AGE", help="runs older than AGE: 30d, 12h, 2w")
     sub.add_argument("--dry-run", action="store_true", help="only say what would be pruned")
     sub.set_defaults(handler=cmd_prune)
+
+    sub = command("serve", "serve the store over HTTP: the API of the [server] extra")
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sub.add_argument("--port", type=_port, default=8765, help="port to listen on (8765)")
+    sub.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="processes")
+    sub.add_argument(
+        "--rate-limit",
+        type=_rate_limit,
+        default="600/minute",
+        metavar="N/UNIT",
+        help="requests per token: 600/minute (second, minute, hour, day)",
+    )
+    sub.add_argument("--webhook", metavar="URL", help="POST run.queued and run.finished here")
+    sub.add_argument(
+        "--webhook-secret",
+        metavar="SECRET",
+        default=os.environ.get("PYTEST_RUNS_WEBHOOK_SECRET"),
+        help="sign webhook bodies with HMAC-SHA256 (default: $PYTEST_RUNS_WEBHOOK_SECRET)",
+    )
+    sub.set_defaults(handler=cmd_serve)
+
+    token = command("token", "create, list and revoke the server's API tokens")
+    actions = token.add_subparsers(
+        dest="action", metavar="ACTION", required=True, parser_class=_Parser
+    )
+    sub = actions.add_parser(
+        "create", help="a new token, printed once", parents=[common], epilog=_examples("token")
+    )
+    sub.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        required=True,
+        choices=SCOPES,
+        help="what it may do (repeat): " + ", ".join(SCOPES),
+    )
+    sub.add_argument("--name", metavar="NAME", help="what it is for")
+    sub.add_argument("--expires", metavar="AGE", help="expires after AGE: 30d, 12h, 2w")
+    sub.add_argument("--format", choices=("text", "json"), default="text")
+    sub.set_defaults(handler=cmd_token_create)
+    sub = actions.add_parser("list", help="every token, never its secret", parents=[common])
+    sub.add_argument("--format", choices=("table", "json"), default="table")
+    sub.set_defaults(handler=cmd_token_list)
+    sub = actions.add_parser("revoke", help="revoke a token by id", parents=[common])
+    sub.add_argument("id", type=_positive_int, metavar="ID")
+    sub.add_argument("--format", choices=("text", "json"), default="text")
+    sub.set_defaults(handler=cmd_token_revoke)
     return parser
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return int(text)
+
+
+def _rate_limit(text: str) -> Any:
+    from pytest_rerun_runs.access import parse_rate_limit
+
+    try:
+        return parse_rate_limit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -902,6 +974,117 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         sys.stderr.write(f"pytest-runs: error: cannot write output: {exc.strerror or exc}\n")
         return USAGE_ERROR
     return code
+
+
+def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        import uvicorn  # noqa: F401
+
+        from pytest_rerun_runs.server import ServerConfig, serve
+    except ImportError as exc:
+        raise CommandError(
+            "pytest-runs serve needs the [server] extra:"
+            f" pip install 'pytest-rerun-runs[server]' (missing: {exc.name})"
+        ) from None
+    location = store_location(args.store)
+    limit = stale_after()
+    store = open_store(location, stale_after=limit)  # created and migrated before serving
+    store.close()
+    config = ServerConfig(
+        location, args.rate_limit, limit, webhook=args.webhook, webhook_secret=args.webhook_secret
+    )
+    shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
+    out.write(
+        f"pytest-runs: serving {redact_url(store.location)} at http://{shown}:{args.port}"
+        f" (API {'/api/v1'}, {args.workers} worker(s), {args.rate_limit} per token)\n"
+    )
+    out.flush()
+    serve(config, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def _access_store(option: str | None) -> Any:
+    """The store holding the server's tokens (created if it does not exist yet)."""
+    store = open_store(store_location(option), stale_after=stale_after())
+    if not hasattr(store, "add_token"):
+        store.close()
+        raise CommandError(
+            f"{redact_url(store.location)} does not hold tokens: manage them on the server's store"
+        )
+    return store
+
+
+def cmd_token_create(args: argparse.Namespace, out: TextIO) -> int:
+    from pytest_rerun_runs.access import hash_token, new_token
+
+    expires_in = None
+    if args.expires:
+        try:
+            expires_in = parse_age(args.expires)
+        except ValueError as exc:
+            raise CommandError(f"--expires: {exc}") from None
+    secret = new_token()
+    now = time.time()
+    store = _access_store(args.store)
+    try:
+        token = store.add_token(
+            args.name,
+            hash_token(secret),
+            list(dict.fromkeys(args.scopes)),
+            now,
+            None if expires_in is None else now + expires_in,
+        )
+    finally:
+        store.close()
+    if args.format == "json":
+        write_json({**token.to_dict(), "token": secret}, out)
+        return 0
+    out.write(
+        f"token {token.id} ({', '.join(token.scopes)})"
+        f"{', expires ' + (iso(token.expires_at) or '') if token.expires_at else ''}:\n"
+        f"{secret}\nIt is shown only now; the store keeps only its hash.\n"
+    )
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace, out: TextIO) -> int:
+    store = _access_store(args.store)
+    try:
+        tokens = store.list_tokens()
+    finally:
+        store.close()
+    if args.format == "json":
+        write_json([t.to_dict() for t in tokens], out)
+        return 0
+    now = time.time()
+    rows = [["ID", "NAME", "SCOPES", "CREATED", "EXPIRES", "STATE"]]
+    for t in tokens:
+        state = "revoked" if t.revoked_at else "active" if t.usable(now) else "expired"
+        rows.append(
+            [
+                str(t.id),
+                escape(t.name or ""),
+                ",".join(t.scopes),
+                (iso(t.created_at) or "")[:19].replace("T", " "),
+                (iso(t.expires_at) or "-")[:19].replace("T", " "),
+                state,
+            ]
+        )
+    print_table(rows, out)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace, out: TextIO) -> int:
+    store = _access_store(args.store)
+    try:
+        token = store.revoke_token(args.id, time.time())
+    finally:
+        store.close()
+    if args.format == "json":
+        write_json(token.to_dict(), out)
+    else:
+        out.write(f"token {token.id} revoked\n")
+    return 0
 
 
 def _silence_stdout() -> None:

@@ -257,7 +257,11 @@ class AccessStore(Protocol):
     server process sees it: tokens (hashed), rate-limit windows, idempotency keys."""
 
     def add_token(
-        self, name: str | None, token_hash: str, scopes: Sequence[str], created_at: float,
+        self,
+        name: str | None,
+        token_hash: str,
+        scopes: Sequence[str],
+        created_at: float,
         expires_at: float | None,
     ) -> Token: ...
 
