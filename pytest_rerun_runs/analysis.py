@@ -62,12 +62,11 @@ def lineage_tree(summaries: Sequence[RunSummary]) -> LineageNode:
     for summary in sorted(summaries, key=lambda s: s.id):
         node = nodes[summary.id]
         parent = nodes.get(summary.source_run_id) if summary.source_run_id is not None else None
-        if parent is None:
+        if parent is None or parent is node:
             root = root or node
         else:
             parent.children.append(node)
-    assert root is not None
-    return root
+    return root or nodes[min(nodes)]
 
 
 def final_outcomes(run: Run) -> dict[str, str]:

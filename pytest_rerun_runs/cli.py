@@ -80,7 +80,7 @@ EXAMPLES = {
     "token": [
         "pytest-runs token create --scope runs:read --scope runs:write --name ci --expires 90d",
         "pytest-runs token list",
-        "pytest-runs token revoke 3",
+        "pytest-runs token revoke 1",
     ],
 }
 

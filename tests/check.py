@@ -18,14 +18,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OLDEST_PINS = ["pytest==8.0.2", "pytest-xdist==3.5.0", "pytest-rerunfailures==14.0"]
+#: schemathesis needs a newer pytest than the oldest supported one: it gets its own
+#: environment, and the tests run its command line against a live server.
+TOOLS = ["schemathesis==4.32.5"]
 
 
 def venv_python(path: Path) -> Path:
     return path / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def ensure_venv(path: Path, pins: list[str] | None = None) -> Path:
-    """A virtual environment at ``path`` with the project installed editable."""
+def ensure_venv(path: Path, pins: list[str] | None = None, *, project: bool = True) -> Path:
+    """A virtual environment at ``path`` with the project installed editable
+    (or, without ``project``, only ``pins``)."""
     python = venv_python(path)
     wanted = hashlib.sha256(
         (ROOT / "pyproject.toml").read_bytes() + repr(pins).encode()
@@ -36,7 +40,8 @@ def ensure_venv(path: Path, pins: list[str] | None = None) -> Path:
     if not python.exists():
         venv.EnvBuilder(with_pip=True).create(path)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
+    if project:
+        subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
     if pins:
         subprocess.run([*pip, *pins], check=True)
     stamp.write_text(wanted)
@@ -51,6 +56,8 @@ def run(*command: str | Path) -> int:
 def main() -> int:
     python = ensure_venv(ROOT / ".venv")
     oldest = ensure_venv(ROOT / ".venv-oldest", OLDEST_PINS)
+    tools = ensure_venv(ROOT / ".venv-tools", TOOLS, project=False)
+    os.environ["PYTEST_RUNS_SCHEMATHESIS"] = str(tools.parent / "st")
     pytest_args = ["-m", "pytest", "-n", "2", "-p", "no:randomly", "tests"]
     failures = []
     checks: list[tuple[str, list[str | Path]]] = [

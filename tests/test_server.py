@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -664,3 +665,51 @@ def test_the_plugin_never_imports_the_server(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
     assert "recorded: 1 passed" in result.stdout.str()
     assert json.loads((pytester.path / "modules.json").read_text()) == []
+
+
+def schemathesis_command() -> Path | None:
+    """schemathesis lives in its own environment (it needs a newer pytest than the
+    oldest one this project supports): ``tests/check.py`` makes it."""
+    configured = os.environ.get("PYTEST_RUNS_SCHEMATHESIS")
+    candidate = Path(configured) if configured else ROOT / ".venv-tools" / "bin" / "st"
+    return candidate if candidate.exists() else None
+
+
+def test_schemathesis_finds_no_violation_of_the_document(tmp_path: Path) -> None:
+    command = schemathesis_command()
+    if command is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("schemathesis is not installed: run python tests/check.py")
+        pytest.skip("schemathesis is not installed (python tests/check.py installs it)")
+    server = serve(tmp_path / "runs.db", "--rate-limit=1000000/minute")
+    try:
+        for _ in range(3):  # runs for the generated ids to find
+            recorded_run(server, {TESTS[0]: "failed"})
+        done = subprocess.run(
+            [
+                str(command),
+                "run",
+                f"{server.base}{API}/openapi.json",
+                "--header",
+                f"Authorization: Bearer {server.tokens['all']}",
+                "--checks=all",
+                # Ids that do not exist are 404s, not rejections of valid data.
+                "--exclude-checks=positive_data_acceptance",
+                "--phases=examples,coverage,fuzzing",
+                "--generation-with-security-parameters=false",
+                "--max-examples=15",
+                "--seed=1",
+                "--request-timeout=20",
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+            cwd=tmp_path,  # its cache directory
+        )
+        assert done.returncode == 0, done.stdout[-5000:]
+        assert " passed" in done.stdout
+    finally:
+        stderr = server.stop()
+    assert "Traceback" not in stderr

@@ -338,6 +338,7 @@ def test_show_json_contract(two_runs: Path) -> None:
         "origin",
         "pruned_at",
         "contributors",
+        "cancel_requested",
     ]
     assert (
         run["source_run_id"],

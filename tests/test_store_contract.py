@@ -24,6 +24,7 @@ from pytest_rerun_runs.store import (
     AccessStore,
     AlreadyClaimed,
     ConflictingSelection,
+    InvalidLineage,
     InvalidResult,
     Invocation,
     NotClaimed,
@@ -493,7 +494,9 @@ def test_cancelling_a_running_run_asks_its_session_to_stop(
     store: RunStore, other_store: RunStore
 ) -> None:
     run_id = store.create_run(make_new_run(), ABC)
+    assert not store.cancel_requested(run_id)
     assert other_store.cancel_run(run_id, 9.0) == "cancel_requested"
+    assert store.cancel_requested(run_id)
     summary = store.get_summary(run_id)
     assert (summary.status, summary.cancel_requested) == ("running", True)
     store.append_results(run_id, [Result("t.py::a", "passed", "call", position=0)])
@@ -584,3 +587,19 @@ def test_an_idempotency_key_keeps_its_first_request(
     assert cast(AccessStore, other_store).remember_key(1, "k", "body-2", 8, 2.0) == ("body-1", 7)
     assert access.recall_key(1, "k") == ("body-1", 7)
     assert access.recall_key(2, "k") is None
+
+
+def test_a_retry_must_name_a_source_of_this_store_and_its_root(store: RunStore) -> None:
+    source = store.create_run(make_new_run(), ABC)
+    retry = store.create_run(make_new_run(source_run_id=source, root_run_id=source, attempt=2), ABC)
+    assert store.get_summary(retry).root_run_id == source
+    wrong: list[dict[str, Any]] = [
+        {"source_run_id": source + 100, "root_run_id": source + 100},
+        {"source_run_id": retry, "root_run_id": retry},
+        {"source_run_id": None, "root_run_id": source},
+    ]
+    for fields in wrong:
+        with pytest.raises(InvalidLineage) as raised:
+            store.create_run(make_new_run(attempt=3, **fields), ABC)
+        assert raised.value.code == "invalid_lineage"
+    assert [s.id for s in store.list_runs()] == [retry, source]

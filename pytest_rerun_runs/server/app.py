@@ -71,6 +71,7 @@ STATUS_OF_CODE = {
     "invalid_result": 422,
     "invalid_run_file": 422,
     "unknown_tests": 422,
+    "invalid_lineage": 422,
     "run_in_progress": 409,
     "run_finished": 409,
     "already_claimed": 409,
@@ -369,12 +370,26 @@ def create_app(config: ServerConfig) -> FastAPI:
         redoc_url=None,
         lifespan=lifespan,
     )
-    app.openapi_schema = None
+    generate_openapi = app.openapi
 
-    def scoped(scope: str) -> dict[str, Any]:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate_openapi()
+            document.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token from `pytest-runs token create`",
+                }
+            }
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    def scoped(scope: str, **responses: dict[str, Any]) -> dict[str, Any]:
         return {
             "openapi_extra": {"x-required-scope": scope, "security": [{"bearer": []}]},
-            "responses": ERRORS,
+            "responses": {**ERRORS, **{int(status): r for status, r in responses.items()}},
         }
 
     def notify(event: str, summary: RunSummary) -> None:
@@ -415,6 +430,10 @@ def create_app(config: ServerConfig) -> FastAPI:
             headers["Retry-After"] = str(max(1, int(reset - now + 0.999)))
         return headers, used > limit.requests
 
+    def admit(header: str | None, now: float) -> tuple[Token, dict[str, str], bool]:
+        token = authenticate(header, now)
+        return (token, *count(token, now))
+
     def required_scope(request: Request) -> str | None:
         for route in app.router.routes:
             match, _ = route.matches(request.scope)
@@ -437,11 +456,9 @@ def create_app(config: ServerConfig) -> FastAPI:
                     413, "payload_too_large", f"bodies are limited to {MAX_BODY_BYTES:,} bytes"
                 )
             if request.url.path not in PUBLIC:
-                now = time.time()
-                token = await run_in_threadpool(
-                    authenticate, request.headers.get("authorization"), now
+                token, rate_headers, over = await run_in_threadpool(
+                    admit, request.headers.get("authorization"), time.time()
                 )
-                rate_headers, over = await run_in_threadpool(count, token, now)
                 if over:
                     raise ApiError(
                         429,
@@ -610,7 +627,12 @@ def create_app(config: ServerConfig) -> FastAPI:
 
         return lineage_tree(pool.get().lineage(run_id)).to_dict()
 
-    @app.get(f"{API}/runs/{{run_id}}/export", **scoped("runs:read"))
+    exported = {
+        "description": "The run in the format asked for",
+        "content": {"application/json": {}, "application/yaml": {}, "application/xml": {}},
+    }
+
+    @app.get(f"{API}/runs/{{run_id}}/export", **scoped("runs:read", **{"200": exported}))
     def export_run(
         run_id: RunPath,
         format: Annotated[Literal["json", "yaml", "junit"], Query()] = "json",
@@ -653,7 +675,9 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     # -- recording --------------------------------------------------------------------------
 
-    @app.post(f"{API}/runs", status_code=201, **scoped("runs:write"))
+    existed = {"description": "A run with this uid existed: the same run"}
+
+    @app.post(f"{API}/runs", status_code=201, **scoped("runs:write", **{"200": existed}))
     def create_run(body: schemas.NewRunBody, response: Response) -> dict[str, Any]:
         """A run with its selection; the same ``uid`` again returns the same run (200)."""
         store = pool.get()
@@ -670,11 +694,10 @@ def create_app(config: ServerConfig) -> FastAPI:
         """A batch of results by position; a position sent again is stored once."""
         store = pool.get()
         store.append_results(run_id, [r.to_result() for r in body.results])
-        summary = store.get_summary(run_id)
         return {
             "run_id": run_id,
             "results": len(body.results),
-            "cancel_requested": summary.cancel_requested,
+            "cancel_requested": store.cancel_requested(run_id),
         }
 
     @app.post(f"{API}/runs/{{run_id}}/finish", **scoped("runs:write"))

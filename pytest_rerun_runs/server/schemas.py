@@ -12,7 +12,7 @@ import posixpath
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
 from pytest_rerun_runs.store import (
     LONGREPR_LIMIT,
@@ -73,10 +73,11 @@ NodeId = Annotated[str, Field(min_length=1, max_length=MAX_NODEID), AfterValidat
 RelativePath = Annotated[
     str, Field(max_length=MAX_NODEID), AfterValidator(_clean_line), AfterValidator(_inside_rootdir)
 ]
-Timestamp = Annotated[float, Field(ge=0, le=MAX_TIMESTAMP), AfterValidator(_finite)]
-Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS), AfterValidator(_finite)]
-RunId = Annotated[int, Field(ge=1, le=MAX_ID)]
-Count = Annotated[int, Field(ge=0, le=MAX_ID)]
+# Strict numbers: JSON's true is not 1, and "5" is not 5.
+Timestamp = Annotated[float, Field(strict=True, ge=0, le=MAX_TIMESTAMP), AfterValidator(_finite)]
+Seconds = Annotated[float, Field(strict=True, ge=0, le=MAX_SECONDS), AfterValidator(_finite)]
+RunId = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
+Count = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
 Uid = Annotated[str, Field(pattern=r"^[0-9A-Za-z-]{1,64}$")]
 Scope = Literal["runs:read", "runs:write", "runs:retry", "admin"]
 assert set(Scope.__args__) == set(SCOPES)  # type: ignore[attr-defined]
@@ -110,7 +111,7 @@ class InvocationModel(Strict):
     workers: Count | None = None
     git: GitModel = GitModel()
     ci: Annotated[dict[Line, Line], Field(max_length=MAX_ITEMS)] = {}
-    randomly_seed: int | None = None
+    randomly_seed: Annotated[int, Field(strict=True, ge=-MAX_ID, le=MAX_ID)] | None = None
     tree: Line | None = None
 
     def to_invocation(self) -> Invocation:
@@ -131,7 +132,7 @@ class NewRunBody(Strict):
     meta: Annotated[dict[Line, Line], Field(max_length=MAX_ITEMS)] = {}
     source_run_id: RunId | None = None
     root_run_id: RunId | None = None
-    attempt: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    attempt: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] = 1
     mode: Literal["full", "failed_only", "subset", "failing"] = "full"
     reason: Line | None = None
     contributors: Annotated[list[RunId], Field(max_length=10_000)] = []
@@ -173,7 +174,7 @@ class ResultModel(Strict):
     longrepr: (
         Annotated[str, Field(max_length=LONGREPR_LIMIT * 2), AfterValidator(_clean_block)] | None
     ) = None
-    rerun_attempts: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    rerun_attempts: Annotated[int, Field(strict=True, ge=0, le=1_000_000)] = 0
     file: RelativePath | None = None
 
     def to_result(self) -> Result:
@@ -197,7 +198,7 @@ class ResultsBody(Strict):
 
 
 class FinishBody(Strict):
-    exit_status: Annotated[int, Field(ge=0, le=255)]
+    exit_status: Annotated[int, Field(strict=True, ge=0, le=255)]
     finished_at: Timestamp
     deselected: Count | None = None
     mode: Literal["full", "failed_only", "subset", "failing"] | None = None
@@ -222,24 +223,33 @@ class ClaimBody(Strict):
 class RetryBody(Strict):
     """``POST /runs/{id}/retry``: ``{}`` retries the whole selection."""
 
-    failed_only: bool = False
+    failed_only: StrictBool = False
     tests: Annotated[list[NodeId], Field(max_length=MAX_TESTS)] | None = None
     reason: Line | None = None
-    send_notifications: bool = True
+    send_notifications: StrictBool = True
 
 
 class TokenBody(Strict):
     scopes: Annotated[list[Scope], Field(min_length=1, max_length=len(SCOPES))]
     name: Line | None = None
     #: Seconds until it expires; none: it never does.
-    expires_in: Annotated[int, Field(ge=1, le=10 * 366 * 86_400)] | None = None
+    expires_in: Annotated[int, Field(strict=True, ge=1, le=10 * 366 * 86_400)] | None = None
+
+
+def _age(text: str) -> str:
+    from pytest_rerun_runs.analysis import parse_age
+
+    parse_age(text)  # ValueError: not an age
+    return text
 
 
 class PruneBody(Strict):
-    keep: Annotated[int, Field(ge=0, le=MAX_ID)] | None = None
-    #: ``30d``, ``12h``, ``90m``.
-    older_than: Annotated[str, Field(pattern=r"^\d{1,9}[smhdw]$")] | None = None
-    dry_run: bool = False
+    keep: Annotated[int, Field(strict=True, ge=0, le=MAX_ID)] | None = None
+    #: ``30d``, ``12h``, ``2w``: runs created longer ago than this.
+    older_than: Annotated[str, Field(pattern=r"^\d{1,9}[smhdw]$"), AfterValidator(_age)] | None = (
+        None
+    )
+    dry_run: StrictBool = False
 
 
 def plain(data: Any) -> Any:

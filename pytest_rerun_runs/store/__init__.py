@@ -17,6 +17,7 @@ from pytest_rerun_runs.store.errors import (
     AlreadyClaimed,
     ConflictingSelection,
     InputsNotRetained,
+    InvalidLineage,
     InvalidResult,
     InvalidRunFile,
     InvalidRunReference,
@@ -98,6 +99,7 @@ __all__ = [
     "Counts",
     "GitInfo",
     "InputsNotRetained",
+    "InvalidLineage",
     "InvalidResult",
     "InvalidRunFile",
     "InvalidRunReference",
@@ -166,7 +168,9 @@ class RunStore(Protocol):
     def create_run(self, new_run: NewRun, selection: Selection) -> int:
         """The id of the run with ``new_run.uid``, created if there is none.
 
-        Raises :class:`ConflictingSelection` if that uid exists with another selection.
+        Raises :class:`ConflictingSelection` if that uid exists with another selection
+        and :class:`InvalidLineage` if its source is not a run of this store or its
+        root is not its source's root.
         """
         ...
 
@@ -203,6 +207,11 @@ class RunStore(Protocol):
         """The outcomes of just these selected tests (``not_run`` where none was
         stored); with ``only``, just the tests with those outcomes. What a question
         about a few tests of many runs needs."""
+        ...
+
+    def cancel_requested(self, run_id: int) -> bool:
+        """Whether the run was asked to stop (see :meth:`cancel_run`): what a session
+        recording it reads at each write."""
         ...
 
     def find_run(self, uid: str) -> int | None:

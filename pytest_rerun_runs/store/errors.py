@@ -127,3 +127,9 @@ class UnknownTests(RunsError):
 
 class TokenNotFound(RunsError):
     code = "token_not_found"
+
+
+class InvalidLineage(RunsError):
+    """A new run whose source or root is not a run of this store."""
+
+    code = "invalid_lineage"

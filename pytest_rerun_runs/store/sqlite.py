@@ -28,6 +28,7 @@ from typing import Any
 from pytest_rerun_runs.store.errors import (
     AlreadyClaimed,
     ConflictingSelection,
+    InvalidLineage,
     InvalidResult,
     NotClaimed,
     NotQueued,
@@ -544,6 +545,7 @@ class SqliteStore:
             existing = self._existing(connection, new_run.uid, blob)
             if existing is not None:
                 return existing
+            self._check_lineage(connection, new_run)
             self._probe(connection)
             self._seal_stale_runs(connection)
             cursor = connection.execute(
@@ -582,6 +584,28 @@ class SqliteStore:
         # The writer of a run checks its results against this selection: it has it.
         self._selections[run_id] = [test.nodeid for test in selection.tests]
         return run_id
+
+    def _check_lineage(self, connection: sqlite3.Connection, new_run: NewRun) -> None:
+        source, root = new_run.source_run_id, new_run.root_run_id
+        if source is None:
+            if root is not None:
+                raise InvalidLineage(
+                    f"run root {root} given without a source run", root_run_id=root
+                )
+            return
+        row = connection.execute(
+            "SELECT coalesce(root_run_id, id) FROM runs WHERE id = ?", (min(source, _MAX_ID),)
+        ).fetchone()
+        if row is None:
+            raise InvalidLineage(
+                f"source run {source} is not in {self.location}", source_run_id=source
+            )
+        if root is not None and root != row[0]:
+            raise InvalidLineage(
+                f"run {source}'s root is run {row[0]}, not {root}",
+                source_run_id=source,
+                root_run_id=root,
+            )
 
     @staticmethod
     def _probe(connection: sqlite3.Connection) -> None:
@@ -1164,6 +1188,17 @@ class SqliteStore:
                 (run_id,),
             )
         return "cancel_requested"
+
+    def cancel_requested(self, run_id: int) -> bool:
+        if self.version < 4:
+            return False
+        with self._errors("read"):
+            row = self._connection.execute(
+                "SELECT cancel_requested FROM runs WHERE id = ?", (min(run_id, _MAX_ID),)
+            ).fetchone()
+        if row is None:
+            raise RunNotFound(f"run {run_id} not found in {self.location}", run_id=run_id)
+        return bool(row[0])
 
     # -- what the server keeps beside the runs ----------------------------------
 
