@@ -41,6 +41,7 @@ from pytest_rerun_runs.store import (
     RUN_STATUSES,
     AccessStore,
     ConflictingSelection,
+    InvalidRunFile,
     NewRun,
     NothingToRetry,
     RetryMode,
@@ -52,6 +53,7 @@ from pytest_rerun_runs.store import (
     Token,
     UnknownTests,
     UnsupportedStore,
+    iso,
     new_uid,
     open_store,
     redact_url,
@@ -61,6 +63,7 @@ API = "/api/v1"
 #: Paths that need no token.
 PUBLIC = frozenset({f"{API}/health", f"{API}/openapi.json"})
 MAX_BODY_BYTES = 64 * 1024 * 1024
+SERVER_STORE = "the server's store"
 log = logging.getLogger("pytest_rerun_runs.server")
 
 #: HTTP status of each error code of the contract.
@@ -187,6 +190,12 @@ class StorePool:
         self._local = threading.local()
         self._opened: list[RunStore] = []
         self._lock = threading.Lock()
+        #: How the store names itself in its messages: never shown to clients.
+        self.shown = location
+
+    def public(self, message: str) -> str:
+        """``message`` with the store's path or URL replaced by ``the server's store``."""
+        return redact_url(message.replace(self.shown, SERVER_STORE))
 
     def get(self) -> ServerStore:
         store: ServerStore | None = getattr(self._local, "store", None)
@@ -199,6 +208,7 @@ class StorePool:
                     " SQLite or PostgreSQL store"
                 )
             store = self._local.store = opened  # type: ignore[assignment]
+            self.shown = opened.location
             with self._lock:
                 self._opened.append(opened)
         assert store is not None
@@ -249,35 +259,15 @@ def _decode_cursor(kind: str, cursor: str | None) -> int | None:
 
 
 def summary_json(s: RunSummary) -> dict[str, Any]:
-    """One run in ``GET /runs``."""
-    from pytest_rerun_runs.store import iso
-
-    return {
-        "id": s.id,
-        "uid": s.uid,
-        "status": s.status,
-        "exit_status": s.exit_status,
-        "created_at": iso(s.created_at),
-        "started_at": iso(s.started_at),
-        "finished_at": iso(s.finished_at),
-        "duration": None if s.duration is None else round(s.duration, 6),
-        "label": s.label,
-        "branch": s.invocation.git.branch,
-        "commit": s.invocation.git.commit,
-        "host": s.invocation.host,
-        "counts": dict(s.counts),
-        "source_run_id": s.source_run_id,
-        "root_run_id": s.root_run_id,
-        "attempt": s.attempt,
-        "mode": s.mode,
-        "reason": s.reason,
-        "cancel_requested": s.cancel_requested,
-        "pruned": s.pruned_at is not None,
-    }
+    """One run in ``GET /runs``: the ``show --format json`` contract without the
+    selection and results, with ``last_seen_at`` and ``plan``."""
+    return s.to_dict()
 
 
 def run_json(run: Run) -> dict[str, Any]:
     data = run.to_dict()
+    data["selection_files"] = [test.file for test in run.selection]
+    data["last_seen_at"] = iso(run.summary.last_seen_at)
     data["plan"] = run.summary.plan
     return data
 
@@ -486,7 +476,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 request,
                 STATUS_OF_CODE.get(exc.code, 500),
                 exc.code,
-                redact_url(exc.message),
+                pool.public(exc.message),
                 exc.details,
             )
         except Exception:
@@ -512,7 +502,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.exception_handler(RunsError)
     async def runs_error(request: Request, exc: RunsError) -> Response:
         status = STATUS_OF_CODE.get(exc.code, 500)
-        return error_response(request, status, exc.code, redact_url(exc.message), exc.details)
+        return error_response(request, status, exc.code, pool.public(exc.message), exc.details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -573,12 +563,19 @@ def create_app(config: ServerConfig) -> FastAPI:
         branch: Annotated[str | None, Query(max_length=1024)] = None,
         commit: Annotated[str | None, Query(max_length=1024)] = None,
         root_run_id: Annotated[int | None, Query(ge=1, le=schemas.MAX_ID)] = None,
+        uid: Annotated[str | None, Query(pattern=r"^[0-9A-Za-z-]{1,64}$")] = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, Query(max_length=64)] = None,
     ) -> dict[str, Any]:
-        """Runs, newest first; ``next_cursor`` pages on."""
+        """Runs, newest first; ``next_cursor`` pages on. ``uid`` finds the run a
+        client created with that uid."""
         before = _decode_cursor("before", cursor)
-        found = pool.get().list_runs(
+        store = pool.get()
+        if uid is not None:
+            found_id = store.find_run(uid)
+            found_runs = [] if found_id is None else [store.get_summary(found_id)]
+            return {"runs": [summary_json(s) for s in found_runs], "next_cursor": None}
+        found = store.list_runs(
             limit + 1,
             before=before,
             status=status,
@@ -594,12 +591,16 @@ def create_app(config: ServerConfig) -> FastAPI:
             "next_cursor": _encode_cursor("before", page[-1].id) if more else None,
         }
 
-    @app.get(f"{API}/runs/{{run_id}}", **scoped("runs:read"))
-    def get_run(run_id: RunPath) -> dict[str, Any]:
-        """A run as ``pytest-runs show --format json`` prints it, with its plan."""
+    @app.get(f"{API}/runs/{{run_id:int}}", **scoped("runs:read"))
+    def get_run(run_id: RunPath, results: bool = True) -> dict[str, Any]:
+        """A run as ``pytest-runs show --format json`` prints it, with its plan and
+        the file of each selected test; ``results=false``: without the selection
+        and results (as ``GET /runs`` lists it)."""
+        if not results:
+            return summary_json(pool.get().get_summary(run_id))
         return run_json(pool.get().get_run(run_id))
 
-    @app.get(f"{API}/runs/{{run_id}}/results", **scoped("runs:read"))
+    @app.get(f"{API}/runs/{{run_id:int}}/results", **scoped("runs:read"))
     def get_results(
         run_id: RunPath,
         outcome: Annotated[Literal[OUTCOMES] | None, Query()] = None,  # type: ignore[valid-type]
@@ -620,7 +621,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             "next_cursor": _encode_cursor("after", start + limit) if more else None,
         }
 
-    @app.get(f"{API}/runs/{{run_id}}/lineage", **scoped("runs:read"))
+    @app.get(f"{API}/runs/{{run_id:int}}/lineage", **scoped("runs:read"))
     def get_lineage(run_id: RunPath) -> dict[str, Any]:
         """The tree of the run's root and its retries."""
         from pytest_rerun_runs.analysis import lineage_tree
@@ -632,7 +633,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         "content": {"application/json": {}, "application/yaml": {}, "application/xml": {}},
     }
 
-    @app.get(f"{API}/runs/{{run_id}}/export", **scoped("runs:read", **{"200": exported}))
+    @app.get(f"{API}/runs/{{run_id:int}}/export", **scoped("runs:read", **{"200": exported}))
     def export_run(
         run_id: RunPath,
         format: Annotated[Literal["json", "yaml", "junit"], Query()] = "json",
@@ -689,7 +690,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         response.headers["Location"] = f"{API}/runs/{run_id}"
         return {"run_id": run_id, "created": known is None}
 
-    @app.post(f"{API}/runs/{{run_id}}/results", **scoped("runs:write"))
+    @app.post(f"{API}/runs/{{run_id:int}}/results", **scoped("runs:write"))
     def append_results(run_id: RunPath, body: schemas.ResultsBody) -> dict[str, Any]:
         """A batch of results by position; a position sent again is stored once."""
         store = pool.get()
@@ -700,7 +701,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             "cancel_requested": store.cancel_requested(run_id),
         }
 
-    @app.post(f"{API}/runs/{{run_id}}/finish", **scoped("runs:write"))
+    @app.post(f"{API}/runs/{{run_id:int}}/finish", **scoped("runs:write"))
     def finish_run(run_id: RunPath, body: schemas.FinishBody) -> dict[str, Any]:
         """The last results and the end of the run; finishing again changes nothing."""
         store = pool.get()
@@ -711,7 +712,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             notify("run.finished", summary)
         return summary_json(summary)
 
-    @app.post(f"{API}/runs/{{run_id}}/claim", **scoped("runs:retry"))
+    @app.post(f"{API}/runs/{{run_id:int}}/claim", **scoped("runs:retry"))
     def claim_run(run_id: RunPath, body: schemas.ClaimBody) -> dict[str, Any]:
         """Move a queued run to running for the session described; its ``selection``
         and ``plan`` are what to run."""
@@ -720,10 +721,28 @@ def create_app(config: ServerConfig) -> FastAPI:
         store.claim_run(run_id, body.invocation.to_invocation(), started_at)
         return run_json(store.get_run(run_id))
 
+    @app.post(f"{API}/runs/import", status_code=201, **scoped("runs:write", **{"200": existed}))
+    def import_run(body: schemas.ImportBody, response: Response) -> dict[str, Any]:
+        """A finished run exported elsewhere; its uid makes a second import the same run."""
+        from pytest_rerun_runs.runfile import check_run_data
+
+        checked = check_run_data(body.run)
+        try:
+            run = Run.from_dict(checked)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidRunFile(f"not a valid run: {exc}") from None
+        store = pool.get()
+        known = run.summary.uid is not None and store.find_run(run.summary.uid) is not None
+        run_id = store.import_run(run, schemas.plain(body.origin))
+        if known:
+            response.status_code = 200
+        response.headers["Location"] = f"{API}/runs/{run_id}"
+        return {"run_id": run_id, "created": not known}
+
     # -- retry and cancel ----------------------------------------------------------------
 
     @app.post(
-        f"{API}/runs/{{run_id}}/retry",
+        f"{API}/runs/{{run_id:int}}/retry",
         status_code=202,
         response_model=ActionBody,
         **scoped("runs:retry"),
@@ -810,7 +829,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return stored_run
 
     @app.post(
-        f"{API}/runs/{{run_id}}/cancel",
+        f"{API}/runs/{{run_id:int}}/cancel",
         status_code=202,
         response_model=ActionBody,
         **scoped("runs:retry"),
@@ -855,7 +874,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         )
         return {**token.to_dict(), "token": secret}
 
-    @app.post(f"{API}/tokens/{{token_id}}/revoke", **scoped("admin"))
+    @app.post(f"{API}/tokens/{{token_id:int}}/revoke", **scoped("admin"))
     def revoke_token(token_id: TokenPath) -> dict[str, Any]:
         """Revoke a token; requests with it get 401 from now on."""
         return pool.get().revoke_token(token_id, time.time()).to_dict()
@@ -868,12 +887,13 @@ def create_app(config: ServerConfig) -> FastAPI:
         store = pool.get()
         now = time.time()
         older_than = None if body.older_than is None else parse_age(body.older_than)
-        doomed = sorted(
-            s.id
-            for s in runs_to_prune(
-                store.list_runs(None), keep=body.keep, older_than=older_than, now=now
-            )
+        chosen = runs_to_prune(
+            store.list_runs(None), keep=body.keep, older_than=older_than, now=now
         )
+        if body.run_ids is not None:
+            asked = set(body.run_ids)
+            chosen = [s for s in runs_to_prune(store.list_runs(None)) if s.id in asked]
+        doomed = sorted(s.id for s in chosen)
         if not body.dry_run:
             store.prune(doomed, now)
         return {"pruned": doomed, "dry_run": body.dry_run}

@@ -140,6 +140,9 @@ class NewRunBody(Strict):
     selection: Annotated[list[tuple[NodeId, RelativePath]], Field(max_length=MAX_TESTS)]
     deselected: Count = 0
     missing: Annotated[list[NodeId], Field(max_length=MAX_TESTS)] = []
+    #: ``queued``: a run a session claims later, holding its ``plan``.
+    status: Literal["running", "queued"] = "running"
+    plan: dict[str, Any] | None = None
 
     def to_new_run(self) -> tuple[NewRun, Selection]:
         new_run = NewRun(
@@ -155,6 +158,8 @@ class NewRunBody(Strict):
             mode=self.mode,
             reason=self.reason,
             contributors=tuple(self.contributors),
+            status=self.status,
+            plan=None if self.plan is None else plain(self.plan),
         )
         tests = [SelectedTest(nodeid, file) for nodeid, file in self.selection]
         return new_run, Selection(tests, self.deselected, list(self.missing))
@@ -243,7 +248,16 @@ def _age(text: str) -> str:
     return text
 
 
+class ImportBody(Strict):
+    """A finished run from elsewhere (an export), kept with where it came from."""
+
+    run: dict[str, Any]
+    origin: Annotated[dict[Line, Any], Field(max_length=MAX_ITEMS)] = {}
+
+
 class PruneBody(Strict):
+    #: These runs (what ``pytest-runs prune`` chose), or the rules below.
+    run_ids: Annotated[list[RunId], Field(max_length=1_000_000)] | None = None
     keep: Annotated[int, Field(strict=True, ge=0, le=MAX_ID)] | None = None
     #: ``30d``, ``12h``, ``2w``: runs created longer ago than this.
     older_than: Annotated[str, Field(pattern=r"^\d{1,9}[smhdw]$"), AfterValidator(_age)] | None = (

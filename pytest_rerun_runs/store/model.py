@@ -265,6 +265,52 @@ class RunSummary:
             return None
         return self.finished_at - self.created_at
 
+    def to_dict(self) -> dict[str, Any]:
+        """The run's part of the ``show --format json`` contract (no selection or
+        results), with ``last_seen_at`` and ``plan``: what the server lists."""
+        data = Run(self, [], []).to_dict()
+        del data["selection"], data["results"]
+        data["last_seen_at"] = iso(self.last_seen_at)
+        data["plan"] = self.plan
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], results: Sequence[Result] = ()) -> RunSummary:
+        """A summary from :meth:`to_dict` or the ``show --format json`` contract.
+
+        Raises ``ValueError`` (or ``KeyError``/``TypeError``) for anything else.
+        """
+        if data["status"] not in RUN_STATUSES:
+            raise ValueError(f"unknown status {data['status']!r}")
+        uid = data.get("uid")
+        plan = data.get("plan")
+        return cls(
+            id=int(data["id"]),
+            status=data["status"],
+            exit_status=data.get("exit_status"),
+            created_at=parse_iso(data["created_at"]) or 0.0,
+            started_at=parse_iso(data.get("started_at")),
+            finished_at=parse_iso(data.get("finished_at")),
+            label=data.get("label"),
+            meta=dict(data.get("meta") or {}),
+            source_run_id=data.get("source_run_id"),
+            root_run_id=int(data.get("root_run_id") or data["id"]),
+            attempt=int(data.get("attempt") or 1),
+            mode=data.get("mode") or "full",
+            reason=data.get("reason"),
+            counts={**empty_counts(), **(data.get("counts") or count_outcomes(results))},
+            invocation=Invocation.from_dict(dict(data["invocation"])),
+            deselected=int(data.get("deselected") or 0),
+            missing=list(data.get("missing") or []),
+            origin=data.get("origin"),
+            pruned_at=parse_iso(data.get("pruned_at")),
+            uid=uid if isinstance(uid, str) else None,
+            last_seen_at=parse_iso(data.get("last_seen_at")),
+            plan=plan if isinstance(plan, dict) else None,
+            contributors=tuple(int(i) for i in data.get("contributors") or ()),
+            cancel_requested=bool(data.get("cancel_requested")),
+        )
+
 
 @dataclass(frozen=True)
 class Run:
@@ -334,7 +380,6 @@ class Run:
 
         Raises ``ValueError`` (or ``KeyError``/``TypeError``) for anything else.
         """
-        inv = data["invocation"]
         files = data.get("selection_files") or [n.split("::")[0] for n in data["selection"]]
         selection = [
             SelectedTest(str(nodeid), str(file))
@@ -359,31 +404,7 @@ class Run:
                     entry.get("file"),
                 )
             )
-        uid = data.get("uid")
-        if data["status"] not in RUN_STATUSES:
-            raise ValueError(f"unknown status {data['status']!r}")
-        summary = RunSummary(
-            id=int(data["id"]),
-            status=data["status"],
-            exit_status=data.get("exit_status"),
-            created_at=parse_iso(data["created_at"]) or 0.0,
-            started_at=parse_iso(data.get("started_at")),
-            finished_at=parse_iso(data.get("finished_at")),
-            label=data.get("label"),
-            meta=dict(data.get("meta") or {}),
-            source_run_id=data.get("source_run_id"),
-            root_run_id=int(data.get("root_run_id") or data["id"]),
-            attempt=int(data.get("attempt") or 1),
-            mode=data.get("mode") or "full",
-            reason=data.get("reason"),
-            counts={**empty_counts(), **(data.get("counts") or count_outcomes(results))},
-            invocation=Invocation.from_dict(dict(inv)),
-            deselected=int(data.get("deselected") or 0),
-            missing=list(data.get("missing") or []),
-            origin=data.get("origin"),
-            pruned_at=parse_iso(data.get("pruned_at")),
-            uid=uid if isinstance(uid, str) else None,
-        )
+        summary = RunSummary.from_dict(data, results)
         return cls(summary=summary, selection=selection, results=results)
 
 
