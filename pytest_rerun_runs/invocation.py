@@ -7,6 +7,7 @@ subprocess (``git`` would cost tens of milliseconds at every session start).
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -169,19 +170,36 @@ def tree_fingerprint(start: Path, files: Iterable[str] = ()) -> str | None:
         if info.commit is None or index is None or worktree is None:
             return None
         changed, tracked = index
-        untracked: list[Path] = []
+        untracked: list[tuple[Path, os.stat_result | None]] = []
+        # Resolving every test file costs a system call per path component; a file
+        # that is no symlink resolves to its resolved directory plus its name, so
+        # each directory is resolved once (and the file's lstat is its stat).
+        try:
+            root = worktree.resolve()
+        except OSError:
+            root = worktree
+        directories: dict[Path, Path] = {}
         for name in sorted(set(files)):
             path = start / name
             try:
-                relative = os.fsencode(path.resolve().relative_to(worktree.resolve()).as_posix())
+                own = os.lstat(path)
+                known: os.stat_result | None = own
+                if stat.S_ISLNK(own.st_mode):
+                    known, resolved = None, path.resolve()
+                else:
+                    parent = directories.get(path.parent)
+                    if parent is None:
+                        parent = directories[path.parent] = path.parent.resolve()
+                    resolved = parent / path.name
+                relative = os.fsencode(resolved.relative_to(root).as_posix())
             except (OSError, ValueError):
                 continue
             if relative not in tracked:
-                untracked.append(path)
+                untracked.append((path, known))
         digest.update(info.commit.encode())
-        for path in untracked:  # local by nature: size and time tell a change
+        for path, lstatus in untracked:  # local by nature: size and time tell a change
             try:
-                status = path.stat()
+                status = lstatus if lstatus is not None else path.stat()
             except OSError:
                 continue
             digest.update(
@@ -241,6 +259,7 @@ def _changed_tracked_files(
     if version not in (2, 3, 4) or count > FINGERPRINT_FILE_LIMIT:
         return None
     changed: list[Path] = []
+    base = os.fspath(worktree)
     tracked: set[bytes] = set()
     offset, previous = 12, b""
     try:
@@ -272,18 +291,19 @@ def _changed_tracked_files(
             tracked.add(name)
             if mode & 0o170000 == 0o160000:  # a submodule
                 continue
-            path = worktree / os.fsdecode(name)
+            # A string path: a Path object per tracked file would cost more than its lstat.
+            path = os.path.join(base, os.fsdecode(name))
             try:
                 status = os.lstat(path)
             except OSError:
-                changed.append(path)
+                changed.append(Path(path))
                 continue
             if (
                 status.st_size & 0xFFFFFFFF != size
                 or int(status.st_mtime) & 0xFFFFFFFF != mtime_s
                 or status.st_mtime_ns % 1_000_000_000 != mtime_ns
             ):
-                changed.append(path)
+                changed.append(Path(path))
     except (struct.error, ValueError, IndexError):
         return None
     return changed, tracked

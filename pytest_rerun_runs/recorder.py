@@ -92,8 +92,10 @@ class Recorder:
         self._progress: dict[str, _TestProgress] = {}
         self._pending: list[Result] = []
         self._last_flush = self._clock()
-        #: node id -> its positions in the selection (several with --keep-duplicates).
-        self._positions: dict[str, list[int]] = {}
+        #: node id -> its first position in the selection; a list only for a node id
+        #: selected several times (--keep-duplicates): a list per test would be
+        #: thousands of objects more for the garbage collector to count and scan.
+        self._positions: dict[str, int | list[int]] = {}
         self._placed: set[int] = set()
         self._next_extra = 0
         self._selection_size = 0
@@ -109,6 +111,11 @@ class Recorder:
         of a selected test (the first one stands)."""
         candidates = self._positions.get(nodeid)
         if candidates is not None:
+            if isinstance(candidates, int):
+                if candidates in self._placed:
+                    return None
+                self._placed.add(candidates)
+                return candidates
             for position in candidates:
                 if position not in self._placed:
                     self._placed.add(position)
@@ -137,9 +144,14 @@ class Recorder:
         """
         if self.disabled:
             return None
-        positions: dict[str, list[int]] = {}
+        positions: dict[str, int | list[int]] = {}
         for position, test in enumerate(selection.tests):
-            positions.setdefault(test.nodeid, []).append(position)
+            first = positions.setdefault(test.nodeid, position)
+            if first != position:
+                if isinstance(first, int):
+                    positions[test.nodeid] = [first, position]
+                else:
+                    first.append(position)
         self._positions = positions
         self._selection_size = self._next_extra = len(selection.tests)
         placed = ((r, self._position(r.nodeid)) for r in self._pending)

@@ -14,22 +14,13 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_rerun_runs import locate
-from pytest_rerun_runs.collection import (
-    MISSING_KEY,
-    RetryState,
-    nothing_planned_exists,
-    retry_finds_anything,
-    retry_state_key,
-)
 from pytest_rerun_runs.invocation import ci_info, git_info, tree_fingerprint
-from pytest_rerun_runs.planner import retry_mode
 from pytest_rerun_runs.recorder import Recorder, relative_file
-from pytest_rerun_runs.retry_source import RetrySource
 from pytest_rerun_runs.store import (
     FAILING_OUTCOMES,
     Invocation,
@@ -48,6 +39,12 @@ from pytest_rerun_runs.store import (
     redact_url,
 )
 from pytest_rerun_runs.text import escape, summarize
+
+if TYPE_CHECKING:
+    # Only a retry needs these modules (plugin.py imports them then): every
+    # session imports this one, so they are imported where they are used.
+    from pytest_rerun_runs.collection import RetryState
+    from pytest_rerun_runs.retry_source import RetrySource
 
 PLUGIN_NAME = "rerun-runs-recorder"
 #: The workeroutput key a worker reports its deselected count under.
@@ -149,7 +146,13 @@ class RecordingPlugin:
 
     @property
     def retry(self) -> RetryState | None:
-        return self.config.stash.get(retry_state_key, None)
+        # The state is stashed under collection.py's key, so there is none while
+        # that module is not imported (it is for a retry, not for a plain session).
+        collection = sys.modules.get("pytest_rerun_runs.collection")
+        if collection is None:
+            return None
+        state: RetryState | None = self.config.stash.get(collection.retry_state_key, None)
+        return state
 
     # -- store ------------------------------------------------------------------
 
@@ -208,6 +211,8 @@ class RecordingPlugin:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        from pytest_rerun_runs.collection import retry_finds_anything
+
         retry = self.retry
         if self.recorder.started or self.recorder.disabled or (retry and retry.aborted):
             return
@@ -228,6 +233,8 @@ class RecordingPlugin:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: object) -> None:
+        from pytest_rerun_runs.collection import MISSING_KEY
+
         output = getattr(node, "workeroutput", None) or {}
         if DESELECTED_KEY not in output or self.worker_output_seen:
             return
@@ -240,6 +247,8 @@ class RecordingPlugin:
         retry = self.retry
         if retry is None:
             return "full"
+        from pytest_rerun_runs.planner import retry_mode
+
         selected = {test.nodeid for test in self.selection or []}
         return retry_mode(retry.plan, selected, self.missing)
 
@@ -351,6 +360,8 @@ class RecordingPlugin:
         if retry is not None and retry.aborted:
             if exit_status != pytest.ExitCode.USAGE_ERROR:  # under xdist
                 session.exitstatus = pytest.ExitCode.USAGE_ERROR
+                from pytest_rerun_runs.collection import nothing_planned_exists
+
                 sys.stderr.write(f"ERROR: {nothing_planned_exists(retry)}\n")
             return
         if exit_status == pytest.ExitCode.USAGE_ERROR and not self.recorder.started:
