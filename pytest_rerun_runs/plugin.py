@@ -204,7 +204,15 @@ def plan_retry(config: pytest.Config, options: RecordingOptions) -> RetrySource:
             rootdir=str(config.rootpath),
             order=order,
         )
-        if source.plan is not None:  # failing: the source decides the plan
+        if source.claim is not None:  # a queued run: its plan is frozen
+            if config.getoption("failed_only"):
+                raise pytest.UsageError(
+                    f"{prefix}: run {source.claim} is a queued retry that runs its frozen"
+                    " plan; --failed-only does not apply to it"
+                )
+            assert source.plan is not None
+            plan = source.plan
+        elif source.plan is not None:  # failing: the source decides the plan
             plan = dataclasses.replace(source.plan, reason=config.getoption("retry_reason"))
         else:
             plan = planner.plan_retry(

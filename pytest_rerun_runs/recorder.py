@@ -28,6 +28,8 @@ from pytest_rerun_runs.store import (
 if TYPE_CHECKING:
     import pytest
 
+    from pytest_rerun_runs.spool import SpoolWriter
+
 #: By default at most this many seconds of results are held in memory before a write.
 FLUSH_INTERVAL = 1.0
 
@@ -77,11 +79,21 @@ class Recorder:
         self,
         open_store: Callable[[], RunStore],
         warn: Callable[[str], None],
+        *,
         flush_interval: float = FLUSH_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
         on_result: Callable[[Result], None] | None = None,
+        spool: Callable[[NewRun, Selection], SpoolWriter] | None = None,
+        on_cancel: Callable[[int], None] | None = None,
     ) -> None:
         self._on_result = on_result
+        #: Where the run goes when its store fails (a server): see ``spool.py``.
+        self._spool_factory = spool
+        self.spool: SpoolWriter | None = None
+        self._created: tuple[NewRun, Selection] | None = None
+        self._on_cancel = on_cancel
+        #: The run was cancelled through the store (``cancel_run``).
+        self.cancelled = False
         self._open_store = open_store
         self._warn = warn
         self._flush_interval = flush_interval
@@ -103,7 +115,7 @@ class Recorder:
 
     @property
     def started(self) -> bool:
-        return self.run_id is not None
+        return self.run_id is not None or self.spool is not None
 
     def _position(self, nodeid: str) -> int | None:
         """The first free selection position of ``nodeid``, or the next one after
@@ -125,6 +137,32 @@ class Recorder:
         self._next_extra += 1
         return position
 
+    def _spool_instead(self, exc: Exception, batch: list[Result]) -> bool:
+        """Go on writing the run to the spool when its server fails; whether it could."""
+        from pytest_rerun_runs.store import StoreError
+
+        if self._spool_factory is None or self._created is None or self.spool is not None:
+            return False
+        if not isinstance(exc, StoreError):
+            return False
+        try:
+            self.spool = self._spool_factory(*self._created)
+            self.spool.add_results(batch)
+        except Exception:
+            self.spool = None
+            return False
+        self._warn(
+            f"{exc}; the run is spooled to {self.spool.path.parent} and uploaded by the"
+            " next session against this store, or by 'pytest-runs sync'"
+        )
+        if self.store is not None:
+            try:
+                self.store.close()
+            except Exception:
+                pass
+            self.store = None
+        return True
+
     def _fail(self, exc: Exception) -> None:
         self.disabled = True
         self._pending.clear()
@@ -136,11 +174,19 @@ class Recorder:
                 pass
             self.store = None
 
-    def start(self, new_run: Callable[[RunStore], NewRun], selection: Selection) -> int | None:
+    def start(
+        self,
+        new_run: Callable[[RunStore], NewRun],
+        selection: Selection,
+        claim: int | None = None,
+    ) -> int | None:
         """Create the run with its selection; ``None`` if the store failed.
 
         ``new_run`` describes the run, given the open store (a retry of a run
-        file imports its source there first).
+        file imports its source there first). With ``claim``, the queued run of
+        that id is claimed instead (``selection`` is its stored one), and
+        :class:`~pytest_rerun_runs.store.AlreadyClaimed` is raised if another
+        session has it.
         """
         if self.disabled:
             return None
@@ -158,8 +204,22 @@ class Recorder:
         self._pending = [r._replace(position=p) for r, p in placed if p is not None]
         try:
             self.store = self._open_store()
-            self.run_id = self.store.create_run(new_run(self.store), selection)
+            described = new_run(self.store)
+            self._created = (described, selection)
+            if claim is not None:
+                self.store.claim_run(claim, described.invocation, described.started_at)
+                self.run_id = claim
+            else:
+                self.run_id = self.store.create_run(described, selection)
         except Exception as exc:
+            from pytest_rerun_runs.store import AlreadyClaimed
+
+            if isinstance(exc, AlreadyClaimed):
+                self.close()
+                raise
+            if claim is None and self._spool_instead(exc, self._pending):
+                self._pending = []
+                return None
             self._fail(exc)
             return None
         self._last_flush = self._clock()
@@ -302,27 +362,56 @@ class Recorder:
         return bool(self._pending)
 
     def flush(self) -> None:
-        if self.store is None or self.run_id is None or not self._pending:
+        if not self._pending:
             return
-        batch, self._pending = self._pending, []
-        try:
-            self.store.append_results(self.run_id, batch)
-        except Exception as exc:
-            self._fail(exc)
-        self._last_flush = self._clock()
-
-    def finish(self, finish: RunFinish) -> None:
+        if self.spool is not None:
+            batch, self._pending = self._pending, []
+            try:
+                self.spool.add_results(batch)
+            except Exception as exc:
+                self._fail(exc)
+            self._last_flush = self._clock()
+            return
         if self.store is None or self.run_id is None:
             return
         batch, self._pending = self._pending, []
         try:
+            self.store.append_results(self.run_id, batch)
+            if not self.cancelled and self.store.cancel_requested(self.run_id):
+                self.cancelled = True
+                if self._on_cancel is not None:
+                    self._on_cancel(self.run_id)
+        except Exception as exc:
+            if not self._spool_instead(exc, batch):
+                self._fail(exc)
+        self._last_flush = self._clock()
+
+    def finish(self, finish: RunFinish) -> None:
+        batch, self._pending = self._pending, []
+        if self.spool is not None:
+            try:
+                self.spool.finish(finish, batch)
+            except Exception as exc:
+                self._fail(exc)
+            return
+        if self.store is None or self.run_id is None:
+            return
+        try:
             self.store.finish_run(self.run_id, finish, batch)
         except Exception as exc:
+            if self._spool_instead(exc, batch) and self.spool is not None:
+                try:
+                    self.spool.finish(finish, [])
+                except Exception as error:
+                    self._fail(error)
+                return
             self._fail(exc)
             return
         self.close()
 
     def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -28,6 +29,7 @@ from pytest_rerun_runs.store import (
     Result,
     RetryMode,
     RunFinish,
+    RunsError,
     RunStore,
     SelectedTest,
     Selection,
@@ -37,6 +39,7 @@ from pytest_rerun_runs.store import (
     new_uid,
     open_store,
     redact_url,
+    store_scheme,
 )
 from pytest_rerun_runs.text import escape, summarize
 
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
     # session imports this one, so they are imported where they are used.
     from pytest_rerun_runs.collection import RetryState
     from pytest_rerun_runs.retry_source import RetrySource
+    from pytest_rerun_runs.spool import SpoolWriter
 
 PLUGIN_NAME = "rerun-runs-recorder"
 #: The workeroutput key a worker reports its deselected count under.
@@ -120,13 +124,18 @@ class RecordingPlugin:
         self.config = config
         self.options = options
         self.source = source
+        self.remote = store_scheme(options.store_location) in ("http", "https")
         self.recorder = Recorder(
             self._open_store,
             self._warn,
             flush_interval=options.flush_interval,
             # Only a retry watches results (for what passed after failing).
             on_result=self._on_result if source is not None else None,
+            spool=self._spool if self.remote else None,
+            on_cancel=self._cancel,
         )
+        self.session: pytest.Session | None = None
+        self.uploaded: list[tuple[str, int]] = []
         self.created_at = time.time()
         self.deselected = 0
         self.selection: list[SelectedTest] | None = None
@@ -167,6 +176,27 @@ class RecordingPlugin:
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
 
+    def _spool_directory(self) -> Path:
+        from pytest_rerun_runs.spool import spool_directory
+
+        return spool_directory(self.config.rootpath)
+
+    def _spool(self, new_run: NewRun, selection: Selection) -> SpoolWriter:
+        from pytest_rerun_runs.spool import SpoolWriter
+
+        return SpoolWriter(
+            self._spool_directory(), redact_url(self.options.store_location), new_run, selection
+        )
+
+    def _cancel(self, run_id: int) -> None:
+        """The run was cancelled through the server: stop as Ctrl-C stops pytest."""
+        reason = f"run {run_id} was cancelled"
+        if self.session is not None:
+            self.session.shouldstop = reason
+        dsession = self.config.pluginmanager.get_plugin("dsession")
+        if dsession is not None:  # xdist's controller stops its workers itself
+            dsession.shouldstop = reason
+
     def _on_result(self, result: Result) -> None:
         if result.outcome == "passed" and result.nodeid in self.source_failures:
             self.passed_on_retry.append(result.nodeid)
@@ -175,6 +205,7 @@ class RecordingPlugin:
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.created_at = time.time()
+        self.session = session
 
     def pytest_collection_modifyitems(self) -> None:
         self.collected = True  # collection got as far as selecting items
@@ -288,6 +319,16 @@ class RecordingPlugin:
 
     def _start(self, tests: list[SelectedTest]) -> None:
         self.selection = tests
+        claim = self.source.claim if self.source is not None else None
+        if claim is not None and self.source is not None:
+            # The queued run holds its selection: results take their positions in
+            # it, and tests it does not name come after it.
+            stored = Selection(tests=list(self.source.run.selection))
+            try:
+                self.recorder.start(self._new_run, stored, claim=claim)
+            except RunsError as exc:  # another session claimed it first
+                raise pytest.UsageError(f"--retry-run {claim}: {exc}") from None
+            return
         self.recorder.start(
             self._new_run, Selection(tests=tests, deselected=self.deselected, missing=self.missing)
         )
@@ -369,18 +410,44 @@ class RecordingPlugin:
         if not self.recorder.started and self.recorder.has_pending_results:
             self._start([])
         retrying = self.retry is not None
+        claimed = self.source is not None and self.source.claim is not None
         self.recorder.finish(
             RunFinish(
                 exit_status=exit_status,
                 finished_at=time.time(),
                 deselected=self.deselected,
-                mode=self._mode() if retrying else None,
+                mode=self._mode() if retrying and not claimed else None,
                 missing=self.missing if retrying else None,
+                status="cancelled" if self.recorder.cancelled else None,
             )
         )
+        if self.remote and not self.recorder.spool:
+            self._upload_spool()
         if self.config.pluginmanager.get_plugin("terminalreporter") is None:
             for message in self.warnings:
                 sys.stderr.write(f"rerun-runs: warning: {escape(redact_url(message))}\n")
+
+    def _upload_spool(self) -> None:
+        """Upload what earlier sessions spooled for this server (this one reached it)."""
+        from pytest_rerun_runs.spool import upload
+
+        directory = self._spool_directory()
+        if not directory.is_dir() or not any(directory.glob("*.jsonl")):
+            return
+        try:
+            store = self._open_store()
+            try:
+                report = upload(
+                    directory, store, redact_url(self.options.store_location), now=time.time()
+                )
+            finally:
+                store.close()
+        except Exception as exc:  # the next session tries again
+            self._warn(f"spooled runs not uploaded: {exc}")
+            return
+        self.uploaded = report.uploaded
+        for name, problem in report.failed:
+            self._warn(f"spooled run {name} not uploaded: {problem}")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         for message in self.warnings:
@@ -399,7 +466,17 @@ class RecordingPlugin:
             else:
                 what = "passed after changes (fixed, not flaky evidence)"
             terminalreporter.write_line(f"rerun-runs: {what}: {summarize(self.passed_on_retry)}")
-        if run_id is None or self.recorder.disabled:
+        if self.uploaded:
+            ids = summarize([run_id for _, run_id in self.uploaded])
+            terminalreporter.write_line(
+                f"rerun-runs: uploaded {len(self.uploaded)} spooled run(s) to"
+                f" {self.options.display_location}: {ids}"
+            )
+        if self.recorder.cancelled:
+            terminalreporter.write_line(
+                f"rerun-runs: run {run_id} was cancelled: the session stopped", yellow=True
+            )
+        if run_id is None or self.recorder.disabled or self.recorder.spool is not None:
             return
         terminalreporter.write_line(
             f"run {run_id} recorded: {counts_text(self.recorder.counts())}"

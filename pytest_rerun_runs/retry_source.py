@@ -18,12 +18,15 @@ from pytest_rerun_runs.store import (
     FAILING_OUTCOMES,
     OPEN_STATUSES,
     RETRY_OUTCOMES,
+    AlreadyClaimed,
     InvalidRunFile,
     InvalidRunReference,
+    NothingToRetry,
     Result,
     Run,
     RunDamaged,
     RunStore,
+    RunSummary,
     StoreError,
     open_store,
 )
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
 MAX_RUN_ID = 2**63 - 1
 LAST = "last"
 FAILING = "failing"
+#: The oldest queued retry of this project (claimed by the session that takes it).
+NEXT = "next"
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class RunReference:
     run_id: int | None = None
     file: Path | None = None
     failing: bool = False
+    next_queued: bool = False
 
     def __str__(self) -> str:
         return self.text
@@ -69,13 +75,16 @@ def parse_run_reference(text: str, *, base: Path | None = None) -> RunReference:
         return RunReference(text)
     if text == FAILING and base is not None:
         return RunReference(text, failing=True)
+    if text == NEXT and base is not None:
+        return RunReference(text, next_queued=True)
     run_id = parse_run_id(text)
     if run_id is not None:
         return RunReference(text, run_id=run_id)
     if base is not None and text and _is_file(base / text):
         return RunReference(text, file=base / text)
     what = "a run id (a positive number), 'last'"
-    what += ", 'failing' or a run file written by 'pytest-runs export'" if base is not None else ""
+    if base is not None:
+        what += ", 'failing', 'next' or a run file written by 'pytest-runs export'"
     shown = text if len(text) <= 40 else text[:40] + "..."
     raise InvalidRunReference(f"expected {what}, got {shown!r}", value=shown)
 
@@ -113,8 +122,10 @@ class RetrySource:
     #: Set when the run comes from a run file: it is imported when the retry starts.
     file: Path | None = None
     export: dict[str, Any] = field(default_factory=dict)
-    #: The plan, when the source decides it (``failing``).
+    #: The plan, when the source decides it (``failing``, a queued run).
     plan: RetryPlan | None = None
+    #: A queued run this session claims and records into (its frozen plan).
+    claim: int | None = None
 
     def describe(self) -> str:
         if self.plan is not None and self.plan.mode == "failing":
@@ -122,6 +133,8 @@ class RetrySource:
 
             runs = "run" if len(self.plan.contributors) == 1 else "runs"
             return f"the failing tests of {runs} {summarize(self.plan.contributors)}"
+        if self.claim is not None:
+            return f"queued run {self.claim}"
         if self.file is None:
             return f"run {self.run.id}"
         from pytest_rerun_runs.text import escape
@@ -150,10 +163,50 @@ def resolve_source(
     try:
         if reference.failing:
             return failing_source(store, rootdir, order)
-        run = store.get_run(resolve_run_id(store, reference), RETRY_OUTCOMES)
+        if reference.next_queued:
+            run_id = next_queued(store, rootdir)
+        else:
+            run_id = resolve_run_id(store, reference)
+        summary = store.get_summary(run_id)
+        if summary.plan is not None and summary.status in OPEN_STATUSES:
+            return queued_source(store, summary)
+        run = store.get_run(run_id, RETRY_OUTCOMES)
     finally:
         store.close()
     return RetrySource(run=run)
+
+
+def next_queued(store: RunStore, rootdir: str | None) -> int:
+    """The oldest queued retry of this project: its runs were recorded in a rootdir
+    of the same name (CI machines check a project out in different places)."""
+    name = Path(rootdir).name if rootdir else None
+    queued = [
+        s
+        for s in store.list_runs(None, status="queued")
+        if name is None or Path(s.invocation.rootdir).name == name
+    ]
+    if not queued:
+        where = f" for {name}" if name else ""
+        raise NothingToRetry(f"no queued run{where} in {store.location}")
+    return min(s.id for s in queued)
+
+
+def queued_source(store: RunStore, summary: RunSummary) -> RetrySource:
+    """A retry queued through the server: this session claims it and runs its
+    frozen plan; one that another session claimed is refused, naming its host."""
+    from pytest_rerun_runs.planner import RetryPlan
+
+    if summary.status != "queued":
+        host = summary.invocation.host
+        raise AlreadyClaimed(
+            f"run {summary.id} is a queued retry that {host} already claimed",
+            run_id=summary.id,
+            host=host,
+        )
+    assert summary.plan is not None
+    plan = RetryPlan.from_dict(summary.plan)
+    run = store.get_run(summary.id)
+    return RetrySource(run=run, plan=plan, claim=summary.id)
 
 
 def failing_source(store: RunStore, rootdir: str | None, order: RetryOrder) -> RetrySource:

@@ -425,8 +425,8 @@ def test_nothing_to_retry_exits_5_and_records_nothing(
 
 
 BAD_ID = (
-    "--retry-run {raw}: expected a run id (a positive number), 'last', 'failing' or a run file"
-    " written by 'pytest-runs export', got {value}"
+    "--retry-run {raw}: expected a run id (a positive number), 'last', 'failing', 'next'"
+    " or a run file written by 'pytest-runs export', got {value}"
 )
 
 

@@ -142,6 +142,9 @@ class CountingStore:
     def finish_run(self, run_id: int, finish: RunFinish, results: Sequence[Result] = ()) -> None:
         self.finished.append(len(results))
 
+    def cancel_requested(self, run_id: int) -> bool:
+        return False
+
     def close(self) -> None:
         pass
 

@@ -208,6 +208,8 @@ class FinishBody(Strict):
     deselected: Count | None = None
     mode: Literal["full", "failed_only", "subset", "failing"] | None = None
     missing: Annotated[list[NodeId], Field(max_length=MAX_TESTS)] | None = None
+    #: ``cancelled``: the session stopped because the run was cancelled.
+    status: Literal["cancelled"] | None = None
     results: Annotated[list[ResultModel], Field(max_length=MAX_BATCH)] = []
 
     def to_finish(self) -> RunFinish:
@@ -217,6 +219,7 @@ class FinishBody(Strict):
             self.deselected,
             self.mode,
             None if self.missing is None else list(self.missing),
+            self.status,
         )
 
 

@@ -201,6 +201,7 @@ class HttpStore:
             "deselected": finish.deselected,
             "mode": finish.mode,
             "missing": finish.missing,
+            "status": finish.status,
             "results": [_result_body(r) for r in tail],
         }
         self._call("POST", f"/runs/{run_id}/finish", json=body)

@@ -202,6 +202,9 @@ class RunFinish:
     deselected: int | None = None
     mode: RetryMode | None = None
     missing: list[str] | None = None
+    #: ``cancelled`` for a session stopped by ``cancel_run``; otherwise the
+    #: status follows from ``exit_status``.
+    status: Literal["cancelled"] | None = None
 
 
 Counts = dict[str, int]

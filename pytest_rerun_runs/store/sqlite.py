@@ -769,7 +769,7 @@ class SqliteStore:
                 "counts = ?",
             ]
             values: list[Any] = [
-                status_from_exit(finish.exit_status),
+                finish.status or status_from_exit(finish.exit_status),
                 finish.exit_status,
                 finish.finished_at,
                 time.time(),
