@@ -73,6 +73,7 @@ EXAMPLES = {
     ],
     "import": ["pytest-runs import run-1.json"],
     "prune": ["pytest-runs prune --keep 100 --dry-run", "pytest-runs prune --older-than 30d"],
+    "sync": ["pytest-runs sync --store https://runs.example.org"],
     "serve": [
         "pytest-runs serve --port 8765",
         "pytest-runs serve --store=/srv/runs.db --host 0.0.0.0 --workers 4",
@@ -211,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--older-than", metavar="AGE", help="runs older than AGE: 30d, 12h, 2w")
     sub.add_argument("--dry-run", action="store_true", help="only say what would be pruned")
     sub.set_defaults(handler=cmd_prune)
+
+    sub = command(
+        "sync",
+        "upload the runs spooled while the server was unreachable (.pytest_runs/spool/)",
+        ("text", "json"),
+    )
+    sub.set_defaults(handler=cmd_sync)
 
     sub = command("serve", "serve the store over HTTP: the API of the [server] extra")
     sub.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
@@ -1001,6 +1009,41 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     out.flush()
     serve(config, host=args.host, port=args.port, workers=args.workers)
     return 0
+
+
+def cmd_sync(args: argparse.Namespace, out: TextIO) -> int:
+    from pytest_rerun_runs.spool import spool_directory, upload
+
+    location = store_location(args.store)
+    rootdir, _ = locate.find_rootdir(Path.cwd())
+    directory = spool_directory(rootdir)
+    store = open_store(location, stale_after=stale_after())
+    try:
+        report = upload(directory, store, redact_url(location), now=time.time())
+    finally:
+        store.close()
+    if args.format == "json":
+        write_json(
+            {
+                "uploaded": [{"uid": uid, "run_id": run_id} for uid, run_id in report.uploaded],
+                "still_running": report.still_running,
+                "failed": [{"file": name, "error": error} for name, error in report.failed],
+            },
+            out,
+        )
+    else:
+        ids = ", ".join(str(run_id) for _, run_id in report.uploaded)
+        out.write(
+            f"uploaded {len(report.uploaded)} spooled run(s) to {redact_url(location)}"
+            f"{': ' + ids if ids else ''}\n"
+        )
+        if report.still_running:
+            out.write(f"left {len(report.still_running)} run(s) whose session still runs\n")
+        for name, error in report.failed:
+            sys.stderr.write(
+                f"pytest-runs: warning: {escape(name)} not uploaded: {escape(error)}\n"
+            )
+    return USAGE_ERROR if report.failed else 0
 
 
 def _access_store(option: str | None) -> Any:

@@ -290,7 +290,7 @@ class Recorder:
                 return
             del self._progress[nodeid]
             longrepr = progress.longrepr
-            position = self._position(nodeid) if self.run_id is not None else -1
+            position = self._position(nodeid) if self.started else -1
             if position is None:
                 return
             self._add(
@@ -327,7 +327,7 @@ class Recorder:
         else:
             return
         nodeid = clean_text(report.nodeid)
-        position = self._position(nodeid) if self.run_id is not None else -1
+        position = self._position(nodeid) if self.started else -1
         if position is None:
             return
         self._add(
@@ -348,7 +348,7 @@ class Recorder:
         if self._on_result is not None:
             self._on_result(result)
         self._pending.append(result)
-        if self.run_id is not None and self._clock() - self._last_flush >= self._flush_interval:
+        if self.started and self._clock() - self._last_flush >= self._flush_interval:
             self.flush()
 
     def counts(self) -> Counts:

@@ -24,6 +24,7 @@ from pytest_rerun_runs.store import (
     NewRun,
     Result,
     RunFinish,
+    RunFinished,
     RunsError,
     RunStore,
     SelectedTest,
@@ -158,6 +159,12 @@ def upload(directory: Path, store: RunStore, location: str, *, now: float) -> Sy
         try:
             run_id = store.create_run(spooled.new_run, spooled.selection)
             store.finish_run(run_id, finish, spooled.results)
+        except RunFinished as exc:
+            # The store sealed the run before its rest arrived (its session was
+            # gone for longer than the store waits): it stays as sealed.
+            path.rename(path.with_suffix(".rejected"))
+            report.failed.append((path.name, f"{exc}; kept as {path.with_suffix('.rejected')}"))
+            continue
         except RunsError as exc:
             report.failed.append((path.name, str(exc)))
             continue

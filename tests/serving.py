@@ -89,13 +89,13 @@ class Served:
         return stderr
 
 
-def serve(store: Path, *args: str, tokens: bool = True) -> Served:
+def serve(store: Path, *args: str, tokens: bool = True, port: int | None = None) -> Served:
     """Start ``pytest-runs serve`` on a free port of 127.0.0.1 and wait until it answers."""
     scoped = {}
     if tokens:
         scoped = {"all": create_token(store, *SCOPES)["token"]}
         scoped.update({scope: create_token(store, scope)["token"] for scope in SCOPES})
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [
             sys.executable,

@@ -207,6 +207,8 @@ class StorePool:
                     f"{redact_url(self.location)} cannot hold the server's tokens: serve an"
                     " SQLite or PostgreSQL store"
                 )
+            if hasattr(opened, "check_pids"):
+                opened.check_pids = False  # its clients' pids are not this host's
             store = self._local.store = opened  # type: ignore[assignment]
             self.shown = opened.location
             with self._lock:

@@ -378,6 +378,14 @@ class SqliteStore:
             self._connection.close()
             raise
 
+    #: Whether a run's pid on this host tells whether it is alive. A server's store
+    #: turns this off: its clients' pids are not its own (another container, a
+    #: process that spooled its run), so only their last write tells.
+    check_pids = True
+
+    def _host(self, host: str | None) -> str | None:
+        return host if self.check_pids else None
+
     # -- connection and schema ------------------------------------------------
 
     def _check_file(self, create: bool) -> bool:
@@ -627,7 +635,7 @@ class SqliteStore:
         for run_id, status, seen, started_at, created_at, host, pid, size in candidates:
             last_seen = _last_seen(seen, started_at, created_at)
             live = effective_status(
-                status, last_seen, host, pid, now=now, stale_after=self.stale_after
+                status, last_seen, self._host(host), pid, now=now, stale_after=self.stale_after
             )
             if live == "interrupted":
                 connection.execute(
@@ -845,7 +853,7 @@ class SqliteStore:
             status=effective_status(
                 status,
                 _last_seen(last_seen_at, started_at, created_at),
-                host,
+                self._host(host),
                 pid,
                 now=now,
                 stale_after=self.stale_after,
@@ -1103,7 +1111,9 @@ class SqliteStore:
                 if not finished or finished_at is not None:
                     return int(run_id)
                 last_seen = _last_seen(seen, started_at, created_at)
-                if is_settled(status, last_seen, host, pid, now=now, stale_after=self.stale_after):
+                if is_settled(
+                    status, last_seen, self._host(host), pid, now=now, stale_after=self.stale_after
+                ):
                     return int(run_id)
             return None
 
