@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("list", "list runs, newest first", ("table", "json"))
     sub.add_argument("--limit", type=_positive_int, default=20, metavar="N")
+    sub.add_argument("--label", metavar="TEXT", help="only runs with this label")
     sub.set_defaults(handler=cmd_list)
 
     sub = command("show", "show one run with its results", ("text", "json"))
@@ -405,7 +406,7 @@ def write_json(data: object, out: TextIO) -> None:
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     store = open_existing_store(args.store)
     try:
-        summaries = store.list_runs(args.limit)
+        summaries = store.list_runs(args.limit, label=args.label)
     finally:
         store.close()
     warn_damaged(store)
