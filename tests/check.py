@@ -48,6 +48,29 @@ def ensure_venv(path: Path, pins: list[str] | None = None, *, project: bool = Tr
     return python
 
 
+def ensure_postgres() -> None:
+    """The PostgreSQL tests need the server this machine runs (127.0.0.1:5432):
+    start it if it is down (``pg_ctlcluster``, as the machine's setup does).
+    ``PYTEST_RUNS_TEST_POSTGRES`` points the tests at another server instead."""
+    import shutil
+    import socket
+
+    if os.environ.get("PYTEST_RUNS_TEST_POSTGRES"):
+        return
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
+        return
+    except OSError:
+        pass
+    versions = sorted(Path("/etc/postgresql").glob("*")) if Path("/etc/postgresql").is_dir() else []
+    if not versions or shutil.which("pg_ctlcluster") is None:
+        print("PostgreSQL is not running and cannot be started here", flush=True)
+        return
+    command = ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1].name, "main", "start"]
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=False)
+
+
 def run(*command: str | Path) -> int:
     print("+", " ".join(str(part) for part in command), flush=True)
     return subprocess.run([str(part) for part in command], cwd=ROOT, check=False).returncode
@@ -57,6 +80,7 @@ def main() -> int:
     python = ensure_venv(ROOT / ".venv")
     oldest = ensure_venv(ROOT / ".venv-oldest", OLDEST_PINS)
     tools = ensure_venv(ROOT / ".venv-tools", TOOLS, project=False)
+    ensure_postgres()
     os.environ["PYTEST_RUNS_SCHEMATHESIS"] = str(tools.parent / "st")
     pytest_args = ["-m", "pytest", "-n", "2", "-p", "no:randomly", "tests"]
     failures = []

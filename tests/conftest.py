@@ -6,7 +6,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +140,44 @@ def make_new_run(
         "started_at": created_at,
     }
     return NewRun(**{**values, **fields})
+
+
+#: The server the PostgreSQL tests create their database on (trust auth here).
+POSTGRES_ADMIN_URL = os.environ.get(
+    "PYTEST_RUNS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A database of its own for this test session (each xdist worker has one),
+    dropped at the end. Unreachable: a skip, but a failure under ``CI=true``."""
+    try:
+        import psycopg
+    except ImportError:
+        pytest.skip("psycopg is not installed: pip install -e '.[postgres]'")
+    name = f"pytest_runs_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        reason = f"no PostgreSQL at {POSTGRES_ADMIN_URL} (PYTEST_RUNS_TEST_POSTGRES): {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+        finally:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    """A store URL on a schema of its own in the session's database."""
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_database, autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+    return f"{postgres_database}?options=-csearch_path%3D{schema}"

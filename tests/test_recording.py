@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -525,16 +526,18 @@ def test_duplicated_node_ids_each_get_their_result(
     [
         (
             "postgresql://ci:pw@db/runs",
-            "ERROR: --runs-store: postgresql://ci:***@db/runs: postgresql:// stores are not"
-            " supported by this version of pytest-rerun-runs",
+            "ERROR: --runs-store: postgresql://ci:***@db/runs: postgresql:// stores need the"
+            " [postgres] extra: pip install 'pytest-rerun-runs[postgres]' (missing: psycopg)",
         ),
         ("foo://bar", "ERROR: --runs-store: foo://bar: unknown store scheme foo://"),
         ("file:///x.db", "ERROR: --runs-store: file:///x.db: unknown store scheme file://"),
     ],
 )
 def test_a_store_url_no_backend_serves_is_a_usage_error(
-    pytester: pytest.Pytester, url: str, message: str
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, url: str, message: str
 ) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the extra were not installed
+    monkeypatch.delitem(sys.modules, "pytest_rerun_runs.store.postgres", raising=False)
     pytester.makepyfile("def test_a(): pass\n")
     result = pytester.runpytest(f"--runs-store={url}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -543,6 +546,16 @@ def test_a_store_url_no_backend_serves_is_a_usage_error(
     assert sorted(p.name for p in pytester.path.iterdir()) == [
         "test_a_store_url_no_backend_serves_is_a_usage_error.py"
     ]
+
+
+def test_an_unreachable_postgres_store_is_one_warning(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_a(): pass\ndef test_b(): assert False\n")
+    result = pytester.runpytest("--runs-store=postgresql://ci:s3cret@127.0.0.1:9/runs")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    warnings = [line for line in result.outlines if "rerun-runs: warning" in line]
+    assert len(warnings) == 1
+    assert "cannot open run store postgresql://ci:***@127.0.0.1:9/runs" in warnings[0]
+    assert "s3cret" not in result.stdout.str() + result.stderr.str()
 
 
 def test_credentials_in_recorded_arguments_are_redacted(

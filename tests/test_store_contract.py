@@ -57,6 +57,8 @@ class Backend:
     client_liveness: bool = True
     #: Whether it keeps tokens, limits and idempotency keys (``AccessStore``).
     access: bool = True
+    #: The SQL that ``execute_sql`` speaks.
+    dialect: str = "sqlite"
 
 
 def _sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
@@ -120,12 +122,27 @@ def _http_backend(tmp_path: Path) -> Iterator[Backend]:
         thread.join(20)
 
 
-BACKENDS = {"sqlite": _sqlite_backend, "http": _http_backend}
+def _postgres_backend(url: str) -> Iterator[Backend]:
+    import psycopg
+
+    def execute_sql(statement: str) -> None:
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute(statement)
+
+    yield Backend(url, execute_sql, dialect="postgres")
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+BACKENDS = ("http", "postgres", "sqlite")
+
+
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield from BACKENDS[request.param](tmp_path)
+    if request.param == "postgres":
+        yield from _postgres_backend(request.getfixturevalue("postgres_url"))
+    elif request.param == "http":
+        yield from _http_backend(tmp_path)
+    else:
+        yield from _sqlite_backend(tmp_path)
 
 
 @pytest.fixture
@@ -307,42 +324,77 @@ def test_a_finished_run_refuses_new_results(store: RunStore) -> None:
     assert (summary.status, summary.exit_status, summary.finished_at) == ("passed", 0, 2.0)
 
 
-@pytest.mark.parametrize(
-    "statement",
-    [
-        "UPDATE runs SET status = 'failed' WHERE id = 1",
-        "UPDATE runs SET uid = 'x' WHERE id = 1",
-        "DELETE FROM runs WHERE id = 1",
-        "INSERT OR REPLACE INTO runs (id, status, created_at, invocation)"
+#: Statements that try to change finished run 1, in each backend's SQL.
+CHANGES: dict[str, dict[str, str]] = {
+    "update": {"any": "UPDATE runs SET status = 'failed' WHERE id = 1"},
+    "new uid": {"any": "UPDATE runs SET uid = 'x' WHERE id = 1"},
+    "delete": {"any": "DELETE FROM runs WHERE id = 1"},
+    "replace by id": {
+        "sqlite": "INSERT OR REPLACE INTO runs (id, status, created_at, invocation)"
         " VALUES (1, 'failed', 1.0, '{}')",
-        "REPLACE INTO runs (id, uid, status, created_at, invocation)"
+        "postgres": "INSERT INTO runs (id, uid, status, created_at, invocation)"
+        " VALUES (1, 'y', 'failed', 1.0, '{}') ON CONFLICT (id) DO UPDATE SET status = 'failed'",
+    },
+    "replace by uid": {
+        "sqlite": "REPLACE INTO runs (id, uid, status, created_at, invocation)"
         " SELECT 9, uid, 'failed', 1.0, '{}' FROM runs WHERE id = 1",
-        "UPDATE results SET outcome = 1",
-        "DELETE FROM results",
-        "INSERT INTO results VALUES (1, 2, 0, 1, 0, 0, 0, NULL, NULL, 0, NULL, NULL)",
-        "INSERT OR REPLACE INTO results VALUES (1, 0, 1, 1, 0, 0, 0, NULL, NULL, 0, NULL, NULL)",
-    ],
-)
+        "postgres": "INSERT INTO runs (id, uid, status, created_at, invocation)"
+        " SELECT 9, uid, 'failed', 1.0, '{}' FROM runs WHERE id = 1"
+        " ON CONFLICT (uid) DO UPDATE SET status = 'failed'",
+    },
+    "update results": {"any": "UPDATE results SET outcome = 1"},
+    "delete results": {"any": "DELETE FROM results"},
+    "new result": {
+        "any": "INSERT INTO results VALUES (1, 2, 0, 1, 0, 0, 0, NULL, NULL, 0, NULL, NULL)"
+    },
+    "replace a result": {
+        "sqlite": "INSERT OR REPLACE INTO results"
+        " VALUES (1, 0, 1, 1, 0, 0, 0, NULL, NULL, 0, NULL, NULL)",
+        "postgres": "INSERT INTO results VALUES (1, 0, 1, 1, 0, 0, 0, NULL, NULL, 0, NULL, NULL)"
+        " ON CONFLICT (run_id, position) DO UPDATE SET outcome = 1",
+    },
+    "truncate": {"postgres": "TRUNCATE results, runs"},
+}
+
+
+def statement_for(backend: Backend, change: str) -> str:
+    forms = CHANGES[change]
+    statement = forms.get(backend.dialect, forms.get("any"))
+    if statement is None:
+        pytest.skip(f"{backend.dialect} has no such statement")
+    return statement
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
 def test_finished_runs_are_immutable_against_any_sql(
-    backend: Backend, store: RunStore, statement: str
+    backend: Backend, store: RunStore, change: str
 ) -> None:
+    statement = statement_for(backend, change)
     assert_refused(backend, store, finished_run(store), statement)
 
 
 IMMUTABLE = "pytest-rerun-runs: a (finished run cannot be changed|run keeps its id and uid)"
 
 
-@pytest.mark.parametrize(
-    "takeover",
-    [
-        # An open run taking a finished run's uid or id would make REPLACE delete it.
-        "UPDATE OR REPLACE runs SET uid = (SELECT uid FROM runs WHERE id = 1) WHERE id = 2",
-        "UPDATE OR REPLACE runs SET id = 1 WHERE id = 2",
-    ],
-)
+TAKEOVERS: dict[str, dict[str, str]] = {
+    # An open run taking a finished run's uid or id would make REPLACE delete it.
+    "uid": {
+        "sqlite": "UPDATE OR REPLACE runs SET uid = (SELECT uid FROM runs WHERE id = 1)"
+        " WHERE id = 2",
+        "postgres": "UPDATE runs SET uid = (SELECT uid FROM runs WHERE id = 1) WHERE id = 2",
+    },
+    "id": {
+        "sqlite": "UPDATE OR REPLACE runs SET id = 1 WHERE id = 2",
+        "postgres": "UPDATE runs SET id = 1 WHERE id = 2",
+    },
+}
+
+
+@pytest.mark.parametrize("change", list(TAKEOVERS))
 def test_an_open_run_cannot_take_over_a_finished_one(
-    backend: Backend, store: RunStore, takeover: str
+    backend: Backend, store: RunStore, change: str
 ) -> None:
+    takeover = TAKEOVERS[change][backend.dialect]
     finished = finished_run(store)
     store.create_run(make_new_run(), ABC)
     assert_refused(backend, store, finished, takeover)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,8 @@ def test_passwords_and_tokens_are_redacted(url: str, expected: str) -> None:
         ("file:///x.db", "file:///x.db: unknown store scheme file://"),
         (
             "postgresql://ci:pw@db/runs",
-            "postgresql://ci:***@db/runs: postgresql:// stores are not supported by this"
-            " version of pytest-rerun-runs",
+            "postgresql://ci:***@db/runs: postgresql:// stores need the [postgres] extra:"
+            " pip install 'pytest-rerun-runs[postgres]' (missing: psycopg)",
         ),
     ],
 )
@@ -53,6 +54,8 @@ def test_unknown_or_missing_backends_are_refused_and_create_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, message: str
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the extra were not installed
+    monkeypatch.delitem(sys.modules, "pytest_rerun_runs.store.postgres", raising=False)
     with pytest.raises(UnsupportedStore) as raised:
         open_store(url)
     assert raised.value.code == "unsupported_store"
