@@ -74,6 +74,9 @@ EXAMPLES = {
     "import": ["pytest-runs import run-1.json"],
     "prune": ["pytest-runs prune --keep 100 --dry-run", "pytest-runs prune --older-than 30d"],
     "sync": ["pytest-runs sync --store https://runs.example.org"],
+    "copy": [
+        "pytest-runs copy --from .pytest_runs/runs.db --to postgresql://ci@db.example.org/runs",
+    ],
     "serve": [
         "pytest-runs serve --port 8765",
         "pytest-runs serve --store=/srv/runs.db --host 0.0.0.0 --workers 4",
@@ -213,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--older-than", metavar="AGE", help="runs older than AGE: 30d, 12h, 2w")
     sub.add_argument("--dry-run", action="store_true", help="only say what would be pruned")
     sub.set_defaults(handler=cmd_prune)
+
+    sub = command(
+        "copy",
+        "copy the finished runs of one store into another (idempotent; ids kept as origin)",
+        ("text", "json"),
+    )
+    sub.add_argument("--from", dest="source", required=True, metavar="PATH|URL")
+    sub.add_argument("--to", dest="target", required=True, metavar="PATH|URL")
+    sub.set_defaults(handler=cmd_copy)
 
     sub = command(
         "sync",
@@ -1009,6 +1021,63 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     )
     out.flush()
     serve(config, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def cmd_copy(args: argparse.Namespace, out: TextIO) -> int:
+    """Every finished run of ``--from`` into ``--to``, oldest first, keyed by uid:
+    copying again copies nothing twice. Lineage and ids travel as ``origin``."""
+    source = open_store(args.source, create=False, read_only=True, stale_after=stale_after())
+    copied: list[tuple[int, int]] = []
+    known: list[int] = []
+    skipped: list[tuple[int, str]] = []
+    try:
+        target = open_store(args.target, stale_after=stale_after())
+        try:
+            for summary in reversed(source.list_runs(None)):
+                if summary.status in OPEN_STATUSES:
+                    skipped.append((summary.id, summary.status))
+                    continue
+                if summary.pruned_at is not None:
+                    skipped.append((summary.id, "pruned"))
+                    continue
+                already = summary.uid is not None and target.find_run(summary.uid) is not None
+                run = source.get_run(summary.id)
+                origin = {
+                    "run_id": summary.id,
+                    "store": redact_url(source.location),
+                    "source_run_id": summary.source_run_id,
+                    "root_run_id": summary.root_run_id,
+                    "attempt": summary.attempt,
+                    "mode": summary.mode,
+                    **({"origin": summary.origin} if summary.origin else {}),
+                }
+                new_id = target.import_run(run, origin)
+                if already:
+                    known.append(new_id)
+                else:
+                    copied.append((summary.id, new_id))
+        finally:
+            target.close()
+    finally:
+        source.close()
+    if args.format == "json":
+        write_json(
+            {
+                "copied": [{"from": a, "to": b} for a, b in copied],
+                "already_there": known,
+                "skipped": [{"run_id": a, "why": b} for a, b in skipped],
+            },
+            out,
+        )
+        return 0
+    out.write(
+        f"copied {len(copied)} run(s) from {redact_url(source.location)} to"
+        f" {redact_url(target.location)}; {len(known)} already there"
+    )
+    if skipped:
+        out.write(f"; skipped {len(skipped)} (running, queued or pruned)")
+    out.write("\n")
     return 0
 
 

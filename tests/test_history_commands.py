@@ -561,7 +561,7 @@ def test_every_help_example_runs_and_is_in_the_readme(
     monkeypatch.setenv("PYTEST_RUNS_STORE", str(store_path))
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     order = ["list", "show", "lineage", "diff", "flaky", "export", "import", "prune", "retry"]
-    order += ["token", "serve", "sync"]
+    order += ["token", "serve", "sync", "copy"]
     assert sorted(order) == sorted(cli.EXAMPLES)
     for command in order:
         with pytest.raises(SystemExit):
@@ -571,7 +571,7 @@ def test_every_help_example_runs_and_is_in_the_readme(
             assert example in help_text
         for example in cli.EXAMPLES[command]:
             assert example in readme, example
-            if command in ("serve", "sync"):
+            if command in ("serve", "sync", "copy"):
                 continue  # a server of their own: tests/test_server.py, test_http_recording.py
             args = re.findall(r"'[^']*'|\S+", example)[1:]
             args = [a.strip("'") for a in args]
