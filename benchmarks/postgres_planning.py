@@ -92,11 +92,12 @@ def main() -> int:
     url = args.url.rsplit("/", 1)[0] + "/" + database
     started = time.perf_counter()
     build(url, args.runs, args.tests)
-    print(
-        f"store of {args.runs} runs x {args.tests} results ready in {time.perf_counter() - started:.0f} s"
-    )
+    ready = time.perf_counter() - started
+    print(f"store of {args.runs} runs x {args.tests} results ready in {ready:.0f} s")
     with psycopg.connect(url) as connection:
-        size = connection.execute("SELECT pg_total_relation_size('results')").fetchone()[0]
+        row = connection.execute("SELECT pg_total_relation_size('results')").fetchone()
+        assert row is not None
+        size = row[0]
     print(f"results table: {size / args.runs / args.tests:.0f} bytes per result (with its index)")
     samples = []
     for _ in range(10):

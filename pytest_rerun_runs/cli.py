@@ -48,9 +48,11 @@ from pytest_rerun_runs.store import (
     RunStore,
     RunSummary,
     counts_text,
+    hostname,
     iso,
     open_store,
     redact_url,
+    store_scheme,
 )
 from pytest_rerun_runs.text import escape, summarize
 
@@ -596,15 +598,24 @@ def shell_line(directory: str, command: Sequence[str]) -> str:
     return redact_url(f"$ cd {shlex.quote(directory)} && {shlex.join(command)}")
 
 
-def confirm_foreign_arguments(source: RunSummary, line: str, *, assume_yes: bool) -> None:
-    """Arguments recorded in another store run only with the user's say."""
-    if source.origin is None or assume_yes:
+def confirm_foreign_arguments(
+    source: RunSummary, line: str, *, assume_yes: bool, shared: bool = False
+) -> None:
+    """Arguments recorded elsewhere run only with the user's say: a run imported
+    from another store, one read from a shared store (a server, PostgreSQL: any
+    client with write access recorded it), or one recorded on another host."""
+    if assume_yes:
         return
-    where = escape(str(source.origin.get("store") or source.origin.get("file") or "elsewhere"))
-    question = (
-        f"run {source.id} was imported from {redact_url(where)}: its recorded arguments would run"
-        f" as {escape(line)}"
-    )
+    if source.origin is not None:
+        where = str(source.origin.get("store") or source.origin.get("file") or "elsewhere")
+        what = f"was imported from {escape(redact_url(where))}"
+    elif shared:
+        what = "was read from a shared store"
+    elif source.invocation.host != hostname():
+        what = f"was recorded on {escape(source.invocation.host)}"
+    else:
+        return
+    question = f"run {source.id} {what}: its recorded arguments would run as {escape(line)}"
     if not sys.stdin or not sys.stdin.isatty():
         raise CommandError(f"{question}; pass --yes to run them")
     sys.stderr.write(f"{question}\nRun it? [y/N] ")
@@ -633,11 +644,13 @@ def cmd_retry(args: argparse.Namespace, out: TextIO) -> int:
             reason=args.reason,
             extra=args.pytest_args,
         )
+        shown = redact_url(shell_line(directory, command))  # a token in the store URL
         if number == 0:
-            confirm_foreign_arguments(source, shell_line(directory, command), assume_yes=args.yes)
+            shared = store_scheme(location) != "sqlite"
+            confirm_foreign_arguments(source, shown, assume_yes=args.yes, shared=shared)
         # With --format json, stdout carries only the summary: pytest talks to stderr.
         talk = sys.stderr if args.format == "json" else out
-        talk.write(escape(shell_line(directory, command)) + "\n")
+        talk.write(escape(shown) + "\n")
         talk.flush()
         store = open_existing_store(args.store)
         try:

@@ -172,6 +172,8 @@ def recording_options(config: pytest.Config) -> RecordingOptions:
     except RunsError as exc:
         raise pytest.UsageError(f"--runs-store: {exc}") from None
     label: str | None = config.getoption("run_label")
+    if label is not None and any(mark in label for mark in "\n\r\0"):
+        raise pytest.UsageError(f"--run-label expects one line of text, got {label!r}")
     return RecordingOptions(
         store_location=location,
         default_store=default,
@@ -308,6 +310,8 @@ def parse_meta(values: list[str]) -> dict[str, str]:
         key, sep, text = value.partition("=")
         if not sep or not key.strip():
             raise pytest.UsageError(f"--run-meta expects KEY=VALUE, got {value!r}")
+        if any(mark in value for mark in "\n\r\0"):
+            raise pytest.UsageError(f"--run-meta expects one line of text, got {value!r}")
         meta[clean_text(key.strip())] = clean_text(text)
     return meta
 

@@ -83,7 +83,7 @@ class Recorder:
         flush_interval: float = FLUSH_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
         on_result: Callable[[Result], None] | None = None,
-        spool: Callable[[NewRun, Selection], SpoolWriter] | None = None,
+        spool: Callable[[NewRun, Selection, int | None], SpoolWriter] | None = None,
         on_cancel: Callable[[int], None] | None = None,
     ) -> None:
         self._on_result = on_result
@@ -91,6 +91,7 @@ class Recorder:
         self._spool_factory = spool
         self.spool: SpoolWriter | None = None
         self._created: tuple[NewRun, Selection] | None = None
+        self._claimed: int | None = None
         self._on_cancel = on_cancel
         #: The run was cancelled through the store (``cancel_run``).
         self.cancelled = False
@@ -146,7 +147,7 @@ class Recorder:
         if not isinstance(exc, StoreError):
             return False
         try:
-            self.spool = self._spool_factory(*self._created)
+            self.spool = self._spool_factory(*self._created, self._claimed)
             self.spool.add_results(batch)
         except Exception:
             self.spool = None
@@ -208,7 +209,7 @@ class Recorder:
             self._created = (described, selection)
             if claim is not None:
                 self.store.claim_run(claim, described.invocation, described.started_at)
-                self.run_id = claim
+                self.run_id = self._claimed = claim
             else:
                 self.run_id = self.store.create_run(described, selection)
         except Exception as exc:

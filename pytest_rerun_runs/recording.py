@@ -181,11 +181,15 @@ class RecordingPlugin:
 
         return spool_directory(self.config.rootpath)
 
-    def _spool(self, new_run: NewRun, selection: Selection) -> SpoolWriter:
+    def _spool(self, new_run: NewRun, selection: Selection, claimed: int | None) -> SpoolWriter:
         from pytest_rerun_runs.spool import SpoolWriter
 
         return SpoolWriter(
-            self._spool_directory(), redact_url(self.options.store_location), new_run, selection
+            self._spool_directory(),
+            redact_url(self.options.store_location),
+            new_run,
+            selection,
+            claimed,
         )
 
     def _cancel(self, run_id: int) -> None:

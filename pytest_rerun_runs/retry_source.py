@@ -204,7 +204,13 @@ def queued_source(store: RunStore, summary: RunSummary) -> RetrySource:
             host=host,
         )
     assert summary.plan is not None
-    plan = RetryPlan.from_dict(summary.plan)
+    try:
+        plan = RetryPlan.from_dict(summary.plan)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunDamaged(
+            f"run {summary.id} is a queued retry whose plan cannot be read ({exc!r})",
+            run_id=summary.id,
+        ) from None
     run = store.get_run(summary.id)
     return RetrySource(run=run, plan=plan, claim=summary.id)
 

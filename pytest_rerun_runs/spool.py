@@ -40,12 +40,15 @@ def spool_directory(rootdir: Path) -> Path:
     return rootdir / ".pytest_runs" / SPOOL_DIR
 
 
-def _new_run_record(new_run: NewRun, selection: Selection, store: str) -> dict[str, Any]:
+def _new_run_record(
+    new_run: NewRun, selection: Selection, store: str, claimed: int | None
+) -> dict[str, Any]:
     data = dataclasses.asdict(new_run)
     data["contributors"] = list(new_run.contributors)
     return {
         "format": FORMAT,
         "store": store,
+        "claimed": claimed,
         "new_run": data,
         "selection": [list(test) for test in selection.tests],
         "deselected": selection.deselected,
@@ -56,12 +59,23 @@ def _new_run_record(new_run: NewRun, selection: Selection, store: str) -> dict[s
 class SpoolWriter:
     """Appends one run's writes to its spool file."""
 
-    def __init__(self, directory: Path, store: str, new_run: NewRun, selection: Selection) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        store: str,
+        new_run: NewRun,
+        selection: Selection,
+        claimed: int | None = None,
+    ) -> None:
+        from pytest_rerun_runs.locate import prepare_default_dir
+
+        # .pytest_runs/ with its .gitignore: failure texts must not be committed.
+        prepare_default_dir(str(directory.parent / "runs.db"))
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = directory / f"{new_run.uid}.jsonl"
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._file: IO[str] = os.fdopen(fd, "a", encoding="utf-8")
-        self._write(_new_run_record(new_run, selection, store))
+        self._write(_new_run_record(new_run, selection, store, claimed))
 
     def _write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record, ensure_ascii=True) + "\n")
@@ -88,6 +102,8 @@ class SpooledRun:
     selection: Selection
     results: list[Result] = field(default_factory=list)
     finish: RunFinish | None = None
+    #: A queued run the session claimed: its rest goes there, no run is created.
+    claimed: int | None = None
 
 
 def read_spooled(path: Path) -> SpooledRun:
@@ -112,6 +128,7 @@ def read_spooled(path: Path) -> SpooledRun:
             int(head["deselected"]),
             [str(n) for n in head["missing"]],
         ),
+        claimed=None if head.get("claimed") is None else int(head["claimed"]),
     )
     for number, line in enumerate(lines[1:], start=2):
         try:
@@ -157,7 +174,10 @@ def upload(directory: Path, store: RunStore, location: str, *, now: float) -> Sy
                 continue
             finish = RunFinish(exit_status=2, finished_at=now)
         try:
-            run_id = store.create_run(spooled.new_run, spooled.selection)
+            if spooled.claimed is not None:
+                run_id = spooled.claimed
+            else:
+                run_id = store.create_run(spooled.new_run, spooled.selection)
             store.finish_run(run_id, finish, spooled.results)
         except RunFinished as exc:
             # The store sealed the run before its rest arrived (its session was

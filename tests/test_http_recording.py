@@ -349,3 +349,39 @@ def test_the_cli_against_the_server(
     assert refused.stderr.startswith(
         f"pytest-runs: error: run store {served.base} refused the token"
     )
+
+
+def test_recorded_arguments_from_a_shared_store_run_only_when_confirmed(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, served: Served
+) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    use_server(pytester, monkeypatch, served)
+    pytester.runpytest_subprocess()
+    refused = runs_cli("retry", "1", cwd=pytester.path)
+    assert refused.returncode == 4
+    assert "run 1 was read from a shared store: its recorded arguments would run as" in (
+        refused.stderr
+    )
+    assert "pass --yes to run them" in refused.stderr
+    assert [r["id"] for r in served.get("/runs").json()["runs"]] == [1]
+    confirmed = runs_cli("retry", "1", "--failed-only", "--yes", cwd=pytester.path)
+    assert confirmed.returncode == 1
+    assert [r["id"] for r in served.get("/runs").json()["runs"]] == [2, 1]
+
+
+def test_a_label_on_two_lines_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest("--run-label=one\ntwo")
+    assert result.ret == 4
+    assert "--run-label expects one line of text" in result.stderr.str()
+
+
+def test_a_nul_in_a_failure_is_recorded_through_the_server(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, served: Served
+) -> None:
+    pytester.makepyfile("def test_nul():\n    raise Exception('a\\x00b')\n")
+    use_server(pytester, monkeypatch, served)
+    result = pytester.runpytest_subprocess()
+    assert result.ret == 1
+    assert "warning" not in result.stdout.str()
+    assert "Exception: a\\x00b" in served.get("/runs/1").json()["results"][0]["longrepr"]

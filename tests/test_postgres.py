@@ -143,3 +143,34 @@ def test_a_database_of_a_newer_schema_is_never_written(postgres_url: str) -> Non
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         assert connection.execute("SELECT count(*) FROM runs").fetchone() == before
         assert connection.execute("SELECT version FROM schema_version").fetchone() == (99,)
+
+
+def test_a_server_on_postgres_survives_a_lost_connection(postgres_url: str) -> None:
+    import psycopg
+
+    server = serve(postgres_url, "--rate-limit=1000000/minute")  # type: ignore[arg-type]
+    try:
+        assert server.get("/runs").status_code == 200
+        database = postgres_url.split("?", maxsplit=1)[0].rsplit("/", 1)[1]
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database,),
+            ).fetchone()
+        assert killed is not None
+        assert killed[0] >= 1
+        assert [server.get("/runs").status_code for _ in range(3)] == [200, 200, 200]
+    finally:
+        server.stop()
+
+
+def test_text_with_nul_is_recorded_on_postgres(
+    pytester: pytest.Pytester, postgres_url: str
+) -> None:
+    pytester.makepyfile("def test_nul():\n    raise Exception('a\\x00b')\n")
+    result = pytester.runpytest_subprocess(f"--runs-store={postgres_url}")
+    assert result.ret == 1
+    assert "warning" not in result.stdout.str()
+    run = json.loads(runs_cli("--store", postgres_url, "show", "1", "--format=json").stdout)
+    assert "Exception: a\\x00b" in run["results"][0]["longrepr"]

@@ -738,3 +738,18 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(served: Served) -> None:
     assert body["code"] == "payload_too_large"
     assert set(body) == {"code", "message", "details"}
     assert response.getheader("X-Request-Id")
+
+
+def test_prune_needs_exactly_one_rule(served: Served) -> None:
+    for body in [{}, {"dry_run": True}, {"keep": 1, "older_than": "30d"}]:
+        assert_envelope(served.post("/prune", json=body), 422, "validation_error")
+
+
+def test_queuing_a_run_directly_needs_a_plan_and_the_retry_scope(served: Served) -> None:
+    body = new_run_body(str(uuid.uuid4()), TESTS, status="queued", plan={"bogus": 1})
+    error = assert_envelope(served.post("/runs", json=body), 422, "validation_error")
+    assert error["details"]["errors"][0]["location"] == ["body", "plan"]
+    forbidden = served.post("/runs", "runs:write", json=body)
+    assert assert_envelope(forbidden, 403, "forbidden")["details"]["required_scope"] == (
+        "runs:retry"
+    )

@@ -21,6 +21,7 @@ from typing import Any, cast
 import pytest
 
 from pytest_rerun_runs.access import parse_rate_limit
+from pytest_rerun_runs.planner import RetryPlan
 from pytest_rerun_runs.store import (
     AccessStore,
     AlreadyClaimed,
@@ -418,16 +419,27 @@ def assert_refused(backend: Backend, store: RunStore, run_id: int, statement: st
 # -- claims -------------------------------------------------------------------------------
 
 
+PLAN = RetryPlan(
+    source_run_id=None,
+    root_run_id=None,
+    attempt=1,
+    mode="full",
+    reason=None,
+    order="recorded",
+    tests=tuple(ABC.tests),
+    collectors=(),
+    source_size=3,
+).to_dict()
+
+
 def queued(store: RunStore) -> int:
-    return store.create_run(
-        make_new_run(status="queued", plan={"tests": [["t.py::a", "t.py"]]}), ABC
-    )
+    return store.create_run(make_new_run(status="queued", plan=PLAN), ABC)
 
 
 def test_a_queued_run_holds_its_plan_until_claimed(store: RunStore) -> None:
     run_id = queued(store)
     summary = store.get_summary(run_id)
-    assert (summary.status, summary.plan) == ("queued", {"tests": [["t.py::a", "t.py"]]})
+    assert (summary.status, summary.plan) == ("queued", PLAN)
     assert store.latest_run_id(finished=True) is None
     claimed = store.claim_run(run_id, make_invocation(host="ci-7"), 5.0)
     assert (claimed.status, claimed.invocation.host, claimed.started_at) == ("running", "ci-7", 5.0)
@@ -641,7 +653,8 @@ def test_listing_filters_and_pages(store: RunStore) -> None:
     store.finish_run(second, RunFinish(1, 3.0))
     third = store.create_run(make_new_run(label="nightly", invocation=on("main", "c3")), ABC)
     retry = store.create_run(
-        make_new_run(source_run_id=first, root_run_id=first, attempt=2, status="queued"), ABC
+        make_new_run(source_run_id=first, root_run_id=first, attempt=2, status="queued", plan=PLAN),
+        ABC,
     )
 
     def ids(**filters: Any) -> list[int]:

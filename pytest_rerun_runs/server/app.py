@@ -199,6 +199,22 @@ class StorePool:
 
     def get(self) -> ServerStore:
         store: ServerStore | None = getattr(self._local, "store", None)
+        ensure_connected = getattr(store, "ensure_connected", None)
+        if ensure_connected is not None:
+            try:
+                ensure_connected()  # a database restarted since the last request
+            except RunsError:
+                pass  # this request reports it
+        if store is not None and getattr(store, "broken", False):
+            # Its connection was lost (a database restart): the next request gets a new one.
+            with self._lock:
+                if store in self._opened:
+                    self._opened.remove(store)
+            try:
+                store.close()
+            except Exception:
+                pass
+            store = self._local.store = None
         if store is None:
             opened = open_store(self.location, stale_after=self.stale_after)
             if not hasattr(opened, "add_token"):
@@ -553,8 +569,12 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.get(f"{API}/health", responses=ERRORS)
     def health() -> dict[str, Any]:
-        """Liveness of the server and its store; needs no token."""
-        pool.get().latest_run_id()
+        """Liveness of the server and its store; needs no token (so it says no more)."""
+        try:
+            pool.get().latest_run_id()
+        except RunsError:
+            log.exception("health check")
+            raise ApiError(503, "store_unavailable", "the server's store is unavailable") from None
         return {"status": "ok", "version": __version__}
 
     @app.get(f"{API}/runs", **scoped("runs:read"))
@@ -681,10 +701,34 @@ def create_app(config: ServerConfig) -> FastAPI:
     existed = {"description": "A run with this uid existed: the same run"}
 
     @app.post(f"{API}/runs", status_code=201, **scoped("runs:write", **{"200": existed}))
-    def create_run(body: schemas.NewRunBody, response: Response) -> dict[str, Any]:
-        """A run with its selection; the same ``uid`` again returns the same run (200)."""
+    def create_run(
+        body: schemas.NewRunBody, request: Request, response: Response
+    ) -> dict[str, Any]:
+        """A run with its selection; the same ``uid`` again returns the same run (200).
+        A ``queued`` run (with its retry plan) needs ``runs:retry`` as well."""
         store = pool.get()
         new_run, selection = body.to_new_run()
+        if new_run.status == "queued":
+            from pytest_rerun_runs.planner import RetryPlan
+
+            token: Token = request.state.token
+            if "runs:retry" not in token.scopes:
+                raise ApiError(
+                    403,
+                    "forbidden",
+                    f"token {token.id} lacks the runs:retry scope (to queue a run)",
+                    required_scope="runs:retry",
+                    token_id=token.id,
+                )
+            try:
+                RetryPlan.from_dict(new_run.plan or {})
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ApiError(
+                    422,
+                    "validation_error",
+                    f"a queued run needs a retry plan ({type(exc).__name__}: {exc})",
+                    errors=[{"location": ["body", "plan"], "message": str(exc), "type": "plan"}],
+                ) from None
         known = store.find_run(new_run.uid)
         run_id = store.create_run(new_run, selection)
         if known is not None:

@@ -12,7 +12,7 @@ import posixpath
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from pytest_rerun_runs.store import (
     LONGREPR_LIMIT,
@@ -77,7 +77,8 @@ RelativePath = Annotated[
 Timestamp = Annotated[float, Field(strict=True, ge=0, le=MAX_TIMESTAMP), AfterValidator(_finite)]
 Seconds = Annotated[float, Field(strict=True, ge=0, le=MAX_SECONDS), AfterValidator(_finite)]
 RunId = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
-Count = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+#: Positions, sizes and pids: what every backend stores (PostgreSQL's INTEGER).
+Count = Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]
 Uid = Annotated[str, Field(pattern=r"^[0-9A-Za-z-]{1,64}$")]
 Scope = Literal["runs:read", "runs:write", "runs:retry", "admin"]
 assert set(Scope.__args__) == set(SCOPES)  # type: ignore[attr-defined]
@@ -261,12 +262,19 @@ class ImportBody(Strict):
 class PruneBody(Strict):
     #: These runs (what ``pytest-runs prune`` chose), or the rules below.
     run_ids: Annotated[list[RunId], Field(max_length=1_000_000)] | None = None
-    keep: Annotated[int, Field(strict=True, ge=0, le=MAX_ID)] | None = None
+    keep: Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)] | None = None
     #: ``30d``, ``12h``, ``2w``: runs created longer ago than this.
     older_than: Annotated[str, Field(pattern=r"^\d{1,9}[smhdw]$"), AfterValidator(_age)] | None = (
         None
     )
     dry_run: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> PruneBody:
+        given = [self.run_ids is not None, self.keep is not None, self.older_than is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of run_ids, keep and older_than")
+        return self
 
 
 def plain(data: Any) -> Any:

@@ -38,10 +38,12 @@ TOKEN_VARIABLE = "PYTEST_RUNS_TOKEN"
 SERVER_STORE = "the server's store"
 API = "/api/v1"
 #: (connect, read) seconds of every call.
-TIMEOUT = (3.05, 30.0)
-#: Attempts of one call, and the most one call may spend waiting between them.
+TIMEOUT = (3.05, 20.0)
+#: Attempts of one call, the most one call may spend waiting between them, and
+#: in all: a session waits at most this long on its store before it spools.
 ATTEMPTS = 5
 MAX_WAIT = 20.0
+MAX_TOTAL = 45.0
 #: Results per request (the server takes at most 20,000).
 BATCH = 5_000
 PAGE = 200
@@ -106,6 +108,7 @@ class HttpStore:
         import requests
 
         waited = 0.0
+        deadline = time.monotonic() + MAX_TOTAL
         for attempt in range(ATTEMPTS):
             retry_after: float | None = None
             try:
@@ -115,13 +118,14 @@ class HttpStore:
                 retry_after = 0.25 * 2**attempt
             else:
                 if response.status_code < 300:
-                    return response.json() if response.content else None
+                    return self._json(response, method, path)
                 if response.status_code == 429 or response.status_code >= 500:
                     problem = f"HTTP {response.status_code}"
                     retry_after = _retry_after(response) or 0.25 * 2**attempt
                 else:
                     raise self._error(response)
-            if attempt == ATTEMPTS - 1 or waited + retry_after > MAX_WAIT:
+            late = time.monotonic() + retry_after > deadline
+            if attempt == ATTEMPTS - 1 or waited + retry_after > MAX_WAIT or late:
                 break
             time.sleep(retry_after)
             waited += retry_after
@@ -129,6 +133,17 @@ class HttpStore:
             f"run store {self.location} did not answer {method} {path}: {problem}"
             f" (after {attempt + 1} attempts)"
         )
+
+    def _json(self, response: Any, method: str, path: str) -> Any:
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise StoreError(
+                f"run store {self.location} answered {method} {path} without JSON"
+                " (is it a pytest-runs server, or a proxy's page?)"
+            ) from None
 
     def _error(self, response: Any) -> RunsError:
         try:
@@ -212,7 +227,7 @@ class HttpStore:
             f"/runs/{run_id}/claim",
             json={"invocation": _invocation_body(invocation), "started_at": started_at},
         )
-        return RunSummary.from_dict(data)
+        return _summary(self, data)
 
     def cancel_run(self, run_id: int, now: float) -> CancelOutcome:
         answer = self._call("POST", f"/runs/{run_id}/cancel")
@@ -245,7 +260,12 @@ class HttpStore:
     def get_run(self, run_id: int, outcomes: Collection[str] | None = None) -> Run:
         self._known_id(run_id)
         data = self._call("GET", f"/runs/{run_id}")
-        run = Run.from_dict(data)
+        try:
+            run = Run.from_dict(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(
+                f"run store {self.location} answered an unreadable run: {exc}"
+            ) from None
         summary = dataclasses.replace(run.summary, plan=data.get("plan"))
         results = run.results
         if outcomes is not None:
@@ -308,7 +328,7 @@ class HttpStore:
             size = PAGE if limit is None else max(1, min(PAGE, limit))
             page = self._call("GET", "/runs", params={**params, "limit": size})
             for item in page["runs"]:
-                yield RunSummary.from_dict(item)
+                yield _summary(self, item)
             if not page.get("next_cursor"):
                 return
             params["cursor"] = page["next_cursor"]
@@ -323,6 +343,13 @@ class HttpStore:
     def _known_id(self, run_id: int) -> None:
         if not 0 < run_id <= 2**63 - 1:
             raise RunNotFound(f"run {run_id} not found in {self.location}", run_id=run_id)
+
+
+def _summary(store: HttpStore, data: Any) -> RunSummary:
+    try:
+        return RunSummary.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StoreError(f"run store {store.location} answered an unreadable run: {exc}") from None
 
 
 def _check_positions(run_id: int, results: Sequence[Result]) -> None:

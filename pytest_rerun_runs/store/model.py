@@ -489,8 +489,11 @@ def process_is_gone(host: str | None, pid: int | None) -> bool:
 
 
 def clean_text(text: str) -> str:
-    """``text`` as valid UTF-8: lone surrogates (from tests, ids or a non-UTF-8 argv)
-    become visible escapes instead of errors in every writer downstream."""
+    """``text`` as valid UTF-8 without NUL: lone surrogates (from tests, ids or a
+    non-UTF-8 argv) and NUL become visible escapes instead of errors in every
+    writer downstream."""
+    if "\0" in text:  # PostgreSQL's text cannot hold NUL, nor can the server's JSON fields
+        text = text.replace("\0", "\\x00")
     if text.isascii():
         return text
     try:

@@ -219,6 +219,8 @@ class PostgresStore:
     schema its URL's ``options=-csearch_path=...`` names)."""
 
     check_pids = True
+    #: The connection was lost (a restart, a failover, an idle timeout).
+    broken = False
 
     def __init__(
         self,
@@ -235,11 +237,8 @@ class PostgresStore:
         self.read_only = read_only
         self.damaged: list[RunsError] = []
         self._selections: dict[int, list[str]] = {}
-        conninfo = "postgresql://" + url.partition("://")[2]
-        try:
-            self._connection = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot open run store {self.location}: {_first_line(exc)}") from None
+        self._conninfo = "postgresql://" + url.partition("://")[2]
+        self._connection = self._connect()
         try:
             self.version = self._open_schema(create)
         except BaseException:
@@ -248,6 +247,28 @@ class PostgresStore:
 
     # -- connection and schema ------------------------------------------------------
 
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot open run store {self.location}: {_first_line(exc)}") from None
+
+    def ensure_connected(self) -> None:
+        """Reconnect if the connection was lost (a restart, a failover, an idle
+        timeout): what a long-lived server does before each request."""
+        try:
+            if not self._connection.closed:
+                self._connection.execute("SELECT 1")
+                return
+        except psycopg.Error:
+            pass
+        try:
+            self._connection.close()
+        except psycopg.Error:
+            pass
+        self._connection = self._connect()
+        self.broken = False
+
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
         try:
@@ -255,6 +276,8 @@ class PostgresStore:
         except RunsError:
             raise
         except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError) or self._connection.closed:
+                self.broken = True  # a server opens a new store for this thread
             raise StoreError(
                 f"cannot {action} run store {self.location}: {_first_line(exc)}"
             ) from None
@@ -399,8 +422,15 @@ class PostgresStore:
             run_id = int(row[0])
             if new_run.root_run_id is None:
                 self._execute("UPDATE runs SET root_run_id = id WHERE id = %s", (run_id,))
-        self._selections[run_id] = [test.nodeid for test in selection.tests]
+        self._remember_selection(run_id, [test.nodeid for test in selection.tests])
         return run_id
+
+    def _remember_selection(self, run_id: int, nodeids: list[str]) -> None:
+        """Keep the selections of the few runs this object writes to (a server's
+        thread writes to many runs over its life: the oldest are forgotten)."""
+        self._selections[run_id] = nodeids
+        while len(self._selections) > 16:
+            del self._selections[next(iter(self._selections))]
 
     def _seal_stale_runs(self) -> None:
         now = time.time()
@@ -443,12 +473,18 @@ class PostgresStore:
                 plan, host, status = row
                 if plan is None:
                     raise NotQueued(f"run {run_id} is not a queued retry", run_id=run_id)
-                raise AlreadyClaimed(
-                    f"run {run_id} was already claimed by {host or 'another session'}"
-                    f" (it is {status})",
-                    run_id=run_id,
-                    host=host,
-                )
+                mine = self._execute(
+                    "SELECT 1 FROM runs WHERE id = %s AND host IS NOT DISTINCT FROM %s"
+                    " AND pid IS NOT DISTINCT FROM %s AND finished_at IS NULL",
+                    (run_id, invocation.host, invocation.pid),
+                ).fetchone()
+                if mine is None:
+                    raise AlreadyClaimed(
+                        f"run {run_id} was already claimed by {host or 'another session'}"
+                        f" (it is {status})",
+                        run_id=run_id,
+                        host=host,
+                    )
         return self.get_summary(run_id)
 
     def _rows(self, run_id: int, results: Sequence[Result], size: int) -> list[tuple[Any, ...]]:
@@ -490,9 +526,8 @@ class PostgresStore:
         if finished_at is None:
             nodeids = self._selections.get(run_id)
             if nodeids is None:
-                nodeids = self._selections[run_id] = [
-                    t.nodeid for t in self._stored_selection(run_id)[0]
-                ]
+                nodeids = [t.nodeid for t in self._stored_selection(run_id)[0]]
+                self._remember_selection(run_id, nodeids)
             check_positions(
                 run_id, nodeids, [(run_id, r.position, *[None] * 8, r.nodeid) for r in results]
             )
@@ -605,7 +640,7 @@ class PostgresStore:
                 "INSERT INTO runs (uid, status, exit_status, created_at, started_at, label, meta,"
                 " invocation, host, pid, attempt, mode, reason, selection, selection_size,"
                 " deselected, missing, origin) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                " 1, 'full', %s, %s, %s, %s, %s, %s) RETURNING id",
+                " 1, 'full', %s, %s, %s, %s, %s, %s) ON CONFLICT (uid) DO NOTHING RETURNING id",
                 (
                     uid, status, s.exit_status, s.created_at, s.started_at, s.label,
                     json.dumps(s.meta), json.dumps(s.invocation.to_dict()), s.invocation.host,
@@ -613,6 +648,10 @@ class PostgresStore:
                     json.dumps(origin),
                 ),
             ).fetchone()  # fmt: skip
+            if row is None:  # imported by another session a moment ago
+                existing = self._existing(uid, blob)
+                assert existing is not None
+                return existing
             run_id = int(row[0])
             results, extra = [], size
             for result in run.results:
@@ -800,7 +839,7 @@ class PostgresStore:
         with self._errors("read"):
             rows = self._execute(
                 "SELECT id, status, finished_at, coalesce(last_seen_at, started_at, created_at),"
-                " host, pid FROM runs ORDER BY id DESC"
+                f" host, pid FROM runs ORDER BY id DESC{'' if finished else ' LIMIT 1'}"
             )
             now = time.time()
             for run_id, status, finished_at, last_seen, host, pid in rows:
@@ -848,7 +887,10 @@ class PostgresStore:
         summaries: list[RunSummary] = []
         now = time.time()
         with self._errors("read"), self._connection.cursor() as cursor:
-            cursor.execute(f"SELECT {_SUMMARY} FROM runs {where} ORDER BY id DESC", values)
+            # Only a status that liveness decides can drop rows after the query.
+            exact = limit is not None and status not in ("running", "interrupted")
+            bound = f" LIMIT {int(limit)}" if exact and limit is not None else ""
+            cursor.execute(f"SELECT {_SUMMARY} FROM runs {where} ORDER BY id DESC{bound}", values)
             for row in cursor:
                 if len(summaries) == wanted:
                     break

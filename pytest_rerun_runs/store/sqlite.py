@@ -590,8 +590,15 @@ class SqliteStore:
             if new_run.root_run_id is None:
                 connection.execute("UPDATE runs SET root_run_id = id WHERE id = ?", (run_id,))
         # The writer of a run checks its results against this selection: it has it.
-        self._selections[run_id] = [test.nodeid for test in selection.tests]
+        self._remember_selection(run_id, [test.nodeid for test in selection.tests])
         return run_id
+
+    def _remember_selection(self, run_id: int, nodeids: list[str]) -> None:
+        """Keep the selections of the few runs this object writes to (a server's
+        thread writes to many runs over its life: the oldest are forgotten)."""
+        self._selections[run_id] = nodeids
+        while len(self._selections) > 16:
+            del self._selections[next(iter(self._selections))]
 
     def _check_lineage(self, connection: sqlite3.Connection, new_run: NewRun) -> None:
         source, root = new_run.source_run_id, new_run.root_run_id
@@ -667,12 +674,19 @@ class SqliteStore:
                 plan, host, status = row
                 if plan is None:
                     raise NotQueued(f"run {run_id} is not a queued retry", run_id=run_id)
-                raise AlreadyClaimed(
-                    f"run {run_id} was already claimed by {host or 'another session'}"
-                    f" (it is {status})",
-                    run_id=run_id,
-                    host=host,
-                )
+                # The same session claiming again (a retried request) holds it already.
+                mine = connection.execute(
+                    "SELECT 1 FROM runs WHERE id = ? AND host IS ? AND pid IS ?"
+                    " AND finished_at IS NULL",
+                    (run_id, invocation.host, invocation.pid),
+                ).fetchone()
+                if mine is None:
+                    raise AlreadyClaimed(
+                        f"run {run_id} was already claimed by {host or 'another session'}"
+                        f" (it is {status})",
+                        run_id=run_id,
+                        host=host,
+                    )
         return self.get_summary(run_id)
 
     def _rows(self, run_id: int, results: Sequence[Result]) -> list[tuple[Any, ...]]:
@@ -734,7 +748,8 @@ class SqliteStore:
             (blob,) = connection.execute(
                 "SELECT selection FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
-            nodeids = self._selections[run_id] = [t.nodeid for t in decode_selection(blob)]
+            nodeids = [t.nodeid for t in decode_selection(blob)]
+            self._remember_selection(run_id, nodeids)
         return nodeids
 
     @staticmethod
