@@ -101,11 +101,36 @@ def git_info(start: Path) -> GitInfo:
         head = (git_dir / "HEAD").read_text(encoding="utf-8").strip()
     except OSError:
         return GitInfo()
+    remote = _origin_url(git_dir)
     if not head.startswith("ref:"):
-        return GitInfo(branch=None, commit=head or None)
+        return GitInfo(branch=None, commit=head or None, remote=remote)
     ref = head.removeprefix("ref:").strip()
     branch = ref.removeprefix("refs/heads/")
-    return GitInfo(branch=branch, commit=_resolve_ref(git_dir, ref))
+    return GitInfo(branch=branch, commit=_resolve_ref(git_dir, ref), remote=remote)
+
+
+def _origin_url(git_dir: Path) -> str | None:
+    """The ``origin`` remote's URL from the repository's config, credentials redacted."""
+    common = git_dir
+    commondir_file = git_dir / "commondir"
+    try:
+        if commondir_file.is_file():
+            common = (git_dir / commondir_file.read_text(encoding="utf-8").strip()).resolve()
+        config = (common / "config").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    section = ""
+    for raw in config.splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            section = line.replace(" ", "").replace('"', "").lower()
+            continue
+        key, equals, value = line.partition("=")
+        if equals and section == "[remoteorigin]" and key.strip().lower() == "url":
+            from pytest_rerun_runs.store import clean_text, redact_url
+
+            return clean_text(redact_url(value.strip()))[:1024] or None
+    return None
 
 
 def _resolve_ref(git_dir: Path, ref: str) -> str | None:

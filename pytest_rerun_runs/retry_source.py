@@ -177,14 +177,21 @@ def resolve_source(
 
 
 def next_queued(store: RunStore, rootdir: str | None) -> int:
-    """The oldest queued retry of this project: its runs were recorded in a rootdir
-    of the same name (CI machines check a project out in different places)."""
+    """The oldest queued retry of this project: recorded with the same git remote
+    when both know one, otherwise in a rootdir of the same name (CI machines check
+    a project out in different places)."""
+    from pytest_rerun_runs.invocation import git_info
+
     name = Path(rootdir).name if rootdir else None
-    queued = [
-        s
-        for s in store.list_runs(None, status="queued")
-        if name is None or Path(s.invocation.rootdir).name == name
-    ]
+    remote = git_info(Path(rootdir)).remote if rootdir else None
+
+    def same_project(summary: RunSummary) -> bool:
+        theirs = summary.invocation.git.remote
+        if remote is not None and theirs is not None:
+            return theirs == remote
+        return name is None or Path(summary.invocation.rootdir).name == name
+
+    queued = [s for s in store.list_runs(None, status="queued") if same_project(s)]
     if not queued:
         where = f" for {name}" if name else ""
         raise NothingToRetry(f"no queued run{where} in {store.location}")

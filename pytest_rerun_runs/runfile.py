@@ -187,6 +187,7 @@ def _invocation(value: Any) -> dict[str, Any]:
         "git": {
             "branch": _optional(_text, git.get("branch"), f"{where}.git.branch", 256),
             "commit": _optional(_text, git.get("commit"), f"{where}.git.commit", 256),
+            "remote": _optional(_text, git.get("remote"), f"{where}.git.remote"),
         },
         "ci": _text_map(data.get("ci") or {}, f"{where}.ci"),
         "randomly_seed": _optional(

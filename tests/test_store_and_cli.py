@@ -472,3 +472,14 @@ def test_cli_falls_back_to_the_nearest_store_above(pytester: pytest.Pytester) ->
     code, out = run_cli("list", "--format", "json", cwd=deep)
     assert code == 0
     assert len(json.loads(out)) == 1
+
+
+def test_the_origin_remote_is_recorded_without_credentials(tmp_path: Path) -> None:
+    git = tmp_path / ".git"
+    git.mkdir()
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "config").write_text(
+        '[core]\n\tbare = false\n[remote "upstream"]\n\turl = https://example.org/other.git\n'
+        '[remote "origin"]\n\turl = https://ci:s3cret@example.org/team/app.git\n'
+    )
+    assert git_info(tmp_path).remote == "https://ci:***@example.org/team/app.git"

@@ -91,6 +91,7 @@ class Strict(BaseModel):
 class GitModel(Strict):
     branch: Line | None = None
     commit: Line | None = None
+    remote: Line | None = None
 
 
 class InvocationModel(Strict):

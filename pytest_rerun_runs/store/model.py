@@ -71,6 +71,8 @@ class GitInfo:
 
     branch: str | None = None
     commit: str | None = None
+    #: The ``origin`` remote's URL (credentials redacted): which project this is.
+    remote: str | None = None
 
 
 @dataclass(frozen=True)
@@ -361,7 +363,11 @@ class Run:
                 "pid": inv.pid,
                 "plugins": list(inv.plugins),
                 "workers": inv.workers,
-                "git": {"branch": inv.git.branch, "commit": inv.git.commit},
+                "git": {
+                    "branch": inv.git.branch,
+                    "commit": inv.git.commit,
+                    "remote": inv.git.remote,
+                },
                 "ci": dict(inv.ci),
                 "randomly_seed": inv.randomly_seed,
                 "tree": inv.tree,
