@@ -156,18 +156,16 @@ class Recorder:
             f"{exc}; the run is spooled to {self.spool.path.parent} and uploaded by the"
             " next session against this store, or by 'pytest-runs sync'"
         )
-        if self.store is not None:
-            try:
-                self.store.close()
-            except Exception:
-                pass
-            self.store = None
+        self._drop_store()
         return True
 
     def _fail(self, exc: Exception) -> None:
         self.disabled = True
         self._pending.clear()
         self._warn(f"{exc}; this session is not recorded (tests run as usual)")
+        self._drop_store()
+
+    def _drop_store(self) -> None:
         if self.store is not None:
             try:
                 self.store.close()

@@ -95,16 +95,22 @@ def _nodeid(value: Any, where: str) -> str:
     return _text(value, where, MAX_NODEID)
 
 
+def reaches_outside(path: str) -> bool:
+    """Whether a ``/``-separated relative path leaves the directory it is relative
+    to: absolute, a drive, or ``..`` above it."""
+    normalized = posixpath.normpath(path.replace("\\", "/")) if path else path
+    return (
+        path.startswith(("/", "\\"))
+        or bool(re.match(r"^[A-Za-z]:", path))
+        or normalized == ".."
+        or normalized.startswith("../")
+    )
+
+
 def _relative_path(value: Any, where: str) -> str:
     """A ``/``-separated path inside the rootdir: never absolute, never ``..``."""
     text = _text(value, where, MAX_NODEID)
-    normalized = posixpath.normpath(text.replace("\\", "/")) if text else text
-    if (
-        text.startswith(("/", "\\"))
-        or re.match(r"^[A-Za-z]:", text)
-        or normalized == ".."
-        or normalized.startswith("../")
-    ):
+    if reaches_outside(text):
         raise _fail(where, f"{text!r} reaches outside the rootdir")
     return text
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from pytest_rerun_runs.store import (
-    GitInfo,
     Invocation,
     NewRun,
     Result,
@@ -115,9 +114,7 @@ def read_spooled(path: Path) -> SpooledRun:
     if head.get("format") != FORMAT:
         raise ValueError(f"unknown spool format {head.get('format')!r}")
     data = dict(head["new_run"])
-    inv = dict(data["invocation"])
-    inv["git"] = GitInfo(**inv.get("git") or {})
-    data["invocation"] = Invocation(**inv)
+    data["invocation"] = Invocation.from_dict(dict(data["invocation"]))
     data["contributors"] = tuple(data.get("contributors") or ())
     spooled = SpooledRun(
         path=path,

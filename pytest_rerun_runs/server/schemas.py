@@ -8,8 +8,6 @@ path: a selected test's file stays inside the rootdir.
 from __future__ import annotations
 
 import math
-import posixpath
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
@@ -51,13 +49,9 @@ def _clean_block(text: str) -> str:
 
 
 def _inside_rootdir(text: str) -> str:
-    normalized = posixpath.normpath(text.replace("\\", "/")) if text else text
-    if (
-        text.startswith(("/", "\\"))
-        or re.match(r"^[A-Za-z]:", text)
-        or normalized == ".."
-        or normalized.startswith("../")
-    ):
+    from pytest_rerun_runs.runfile import reaches_outside
+
+    if reaches_outside(text):
         raise ValueError("reaches outside the rootdir")
     return text
 
