@@ -399,7 +399,7 @@ def test_invocation_is_recorded(pytester: pytest.Pytester, show: Callable[..., R
     assert invocation["inifile"] == str(pytester.path / "tox.ini")
     assert invocation["invocation_dir"] == str(pytester.path)
     assert invocation["pytest"] == pytest.__version__
-    assert invocation["git"] == {"branch": None, "commit": None}
+    assert invocation["git"] == {"branch": None, "commit": None, "remote": None}
     assert invocation["ci"] == {}
     assert any(p.startswith("pytest-rerun-runs-") for p in invocation["plugins"])
 

@@ -317,16 +317,20 @@ class PostgresStore:
                 raise StoreNotFound(f"no run store in {self.location}")
             if self.read_only:
                 return version
-            with self._connection.transaction():
-                # One migrator at a time, whoever else starts now.
-                self._execute("SELECT pg_advisory_xact_lock(7262711)")
-                version = self._schema_version()
-                if version == 0:
-                    self._execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-                    self._execute("INSERT INTO schema_version VALUES (0)")
-                for number in range(version, SCHEMA_VERSION):
-                    self._execute(MIGRATIONS[number])
-                self._execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+            # One migrator at a time. The lock is taken before the transaction that
+            # looks at the schema, so that it sees what the previous holder committed.
+            self._execute("SELECT pg_advisory_lock(7262711)")
+            try:
+                with self._connection.transaction():
+                    version = self._schema_version()
+                    if version == 0:
+                        self._execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                        self._execute("INSERT INTO schema_version VALUES (0)")
+                    for number in range(version, SCHEMA_VERSION):
+                        self._execute(MIGRATIONS[number])
+                    self._execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+            finally:
+                self._execute("SELECT pg_advisory_unlock(7262711)")
             return SCHEMA_VERSION
 
     def close(self) -> None:
