@@ -534,7 +534,7 @@ def test_a_run_not_seen_for_longer_than_the_threshold_reads_interrupted(
     backend: Backend, store: RunStore
 ) -> None:
     if not backend.client_liveness:
-        pytest.skip("the server's runs_stale_after decides: tests/test_server.py")
+        pytest.skip("a server decides with its own runs_stale_after, not the client's")
     # On another host the pid says nothing: only the last write does.
     run_id = store.create_run(make_new_run(host="elsewhere"), ABC)
     assert store.get_summary(run_id).status == "running"
@@ -549,7 +549,7 @@ def test_a_run_not_seen_for_longer_than_the_threshold_reads_interrupted(
 
 def test_a_live_process_on_this_host_keeps_its_run_running(backend: Backend) -> None:
     if not backend.client_liveness:
-        pytest.skip("the server's runs_stale_after decides: tests/test_server.py")
+        pytest.skip("a server decides with its own runs_stale_after, not the client's")
     impatient = open_store(backend.url, stale_after=1e-9)
     try:
         run_id = impatient.create_run(make_new_run(pid=os.getpid(), host=hostname()), ABC)
