@@ -41,6 +41,10 @@ def main() -> int:
             os.path.join(directory, "server.db"), workers=2
         )
         bench.SUITE_ENV["PYTEST_RUNS_TOKEN"] = token
+        pg_server = None
+        if args.postgres:
+            # The same token is good for both servers: it is created in each store.
+            pg_server = server_load.start_server(args.postgres, workers=2)
         try:
             for extra in ([], ["-n", "2"]):
                 label = " ".join(extra) or "plain"
@@ -60,10 +64,17 @@ def main() -> int:
                         [*pytest_command, *extra, f"--runs-store={base}"],
                     ),
                 ]
-                if args.postgres:
+                if args.postgres and pg_server is not None:
                     measures.append(
                         bench.Measure(
                             "PostgreSQL", [*pytest_command, *extra, f"--runs-store={args.postgres}"]
+                        )
+                    )
+                    through = f"{pg_server[1].replace('http://', f'http://{pg_server[2]}@')}"
+                    measures.append(
+                        bench.Measure(
+                            "pytest-runs serve on PostgreSQL (HTTP, 2 workers)",
+                            [*pytest_command, *extra, f"--runs-store={through}"],
                         )
                     )
                 print(f"recording, {spec.name}, {label}", flush=True)
@@ -74,6 +85,8 @@ def main() -> int:
                 ]
         finally:
             stderr = server_load.stop_server(process)
+            if pg_server is not None:
+                stderr += server_load.stop_server(pg_server[0])
     print("\n".join(lines))
     if "Traceback" in stderr:
         print(stderr[-3000:])

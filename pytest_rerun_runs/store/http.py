@@ -94,7 +94,8 @@ class HttpStore:
         self.base = base + API
         self.location = redact_url(url)
         self.read_only = read_only
-        self.token = token or os.environ.get(TOKEN_VARIABLE) or url_token
+        # A token in the URL names this server's; the environment's serves any.
+        self.token = token or url_token or os.environ.get(TOKEN_VARIABLE)
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "pytest-rerun-runs"
         if self.token:
