@@ -27,6 +27,8 @@ from pytest_rerun_runs.store import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pytest_rerun_runs.collection import RetryState
     from pytest_rerun_runs.recording import RecordingOptions
     from pytest_rerun_runs.retry_source import RetrySource
@@ -205,6 +207,7 @@ def plan_retry(config: pytest.Config, options: RecordingOptions) -> RetrySource:
             stale_after=options.stale_after,
             rootdir=str(config.rootpath),
             order=order,
+            claim=None if _not_a_test_session(config) else claimer(config, options),
         )
         if source.claim is not None:  # a queued run: its plan is frozen
             if config.getoption("failed_only"):
@@ -244,6 +247,29 @@ def plan_retry(config: pytest.Config, options: RecordingOptions) -> RetrySource:
     options.notes.extend(source_differences(config, source.run))
     register_narrowing(config, RetryState(plan))
     return source
+
+
+def claimer(config: pytest.Config, options: RecordingOptions) -> Callable[[int], bool]:
+    """Claims a queued run for this session before collection (``--retry-run=next``:
+    two sessions may reach for the same run; the one that loses takes the next).
+    Recording claims it again later, which for the same session changes nothing."""
+
+    def claim(run_id: int) -> bool:
+        import time
+
+        from pytest_rerun_runs.recording import session_invocation
+        from pytest_rerun_runs.store import AlreadyClaimed, open_store
+
+        store = open_store(options.store_location, create=False, stale_after=options.stale_after)
+        try:
+            store.claim_run(run_id, session_invocation(config), time.time())
+        except AlreadyClaimed:
+            return False
+        finally:
+            store.close()
+        return True
+
+    return claim
 
 
 def is_inside(rootdir: Path, relative: str) -> bool:

@@ -9,6 +9,7 @@ read and checked here and imported only when the retry's run is created.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,8 +150,11 @@ def resolve_source(
     stale_after: float = DEFAULT_STALE_AFTER,
     rootdir: str | None = None,
     order: RetryOrder = "recorded",
+    claim: Callable[[int], bool] | None = None,
 ) -> RetrySource:
-    """The source run ``reference`` names; reads the store or the file, writes nothing."""
+    """The source run ``reference`` names; reads the store or the file, writes
+    nothing — but for ``next`` with ``claim``: then the oldest queued run that
+    ``claim`` can take (another session may be taking the same one this moment)."""
     if reference.file is not None:
         from pytest_rerun_runs import exchange
 
@@ -164,7 +168,16 @@ def resolve_source(
         if reference.failing:
             return failing_source(store, rootdir, order)
         if reference.next_queued:
-            run_id = next_queued(store, rootdir)
+            candidates = next_queued(store, rootdir)
+            if claim is not None:
+                taken = next((c for c in candidates if claim(c)), None)
+                if taken is None:
+                    raise NothingToRetry(
+                        f"every queued run for {Path(rootdir or '.').name} was claimed by"
+                        " another session a moment ago"
+                    )
+                return queued_source(store, store.get_summary(taken), claimed=True)
+            run_id = candidates[0]
         else:
             run_id = resolve_run_id(store, reference)
         summary = store.get_summary(run_id)
@@ -176,10 +189,10 @@ def resolve_source(
     return RetrySource(run=run)
 
 
-def next_queued(store: RunStore, rootdir: str | None) -> int:
-    """The oldest queued retry of this project: recorded with the same git remote
-    when both know one, otherwise in a rootdir of the same name (CI machines check
-    a project out in different places)."""
+def next_queued(store: RunStore, rootdir: str | None) -> list[int]:
+    """The queued retries of this project, oldest first: recorded with the same git
+    remote when both know one, otherwise in a rootdir of the same name (CI machines
+    check a project out in different places)."""
     from pytest_rerun_runs.invocation import git_info
 
     name = Path(rootdir).name if rootdir else None
@@ -195,15 +208,16 @@ def next_queued(store: RunStore, rootdir: str | None) -> int:
     if not queued:
         where = f" for {name}" if name else ""
         raise NothingToRetry(f"no queued run{where} in {store.location}")
-    return min(s.id for s in queued)
+    return sorted(s.id for s in queued)
 
 
-def queued_source(store: RunStore, summary: RunSummary) -> RetrySource:
-    """A retry queued through the server: this session claims it and runs its
-    frozen plan; one that another session claimed is refused, naming its host."""
+def queued_source(store: RunStore, summary: RunSummary, *, claimed: bool = False) -> RetrySource:
+    """A retry queued through the server: this session claims it (or, ``claimed``,
+    has) and runs its frozen plan; one that another session claimed is refused,
+    naming its host."""
     from pytest_rerun_runs.planner import RetryPlan
 
-    if summary.status != "queued":
+    if summary.status != "queued" and not claimed:
         host = summary.invocation.host
         raise AlreadyClaimed(
             f"run {summary.id} is a queued retry that {host} already claimed",

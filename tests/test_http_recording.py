@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_rerun_runs.store import open_store
+from pytest_rerun_runs.store import NothingToRetry, open_store
 from tests.serving import Served, free_port, runs_cli, serve
 
 SUITE = """
@@ -387,3 +387,26 @@ def test_a_nul_in_a_failure_is_recorded_through_the_server(
     assert result.ret == 1
     assert "warning" not in result.stdout.str()
     assert "Exception: a\\x00b" in served.get("/runs/1").json()["results"][0]["longrepr"]
+
+
+def test_retry_run_next_takes_the_next_run_when_another_session_won_the_oldest(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, served: Served
+) -> None:
+    from pytest_rerun_runs.retry_source import parse_run_reference, resolve_source
+
+    pytester.makepyfile(test_suite=SUITE)
+    use_server(pytester, monkeypatch, served)
+    pytester.runpytest_subprocess()
+    first = queue_retry(served, 1)
+    second = queue_retry(served, 1, failed_only=True)
+    tried: list[int] = []
+
+    def claim(run_id: int) -> bool:  # another job wins the oldest in between
+        tried.append(run_id)
+        return run_id != first
+
+    reference = parse_run_reference("next", base=pytester.path)
+    source = resolve_source(reference, served.base, rootdir=str(pytester.path), claim=claim)
+    assert (tried, source.claim) == ([first, second], second)
+    with pytest.raises(NothingToRetry, match="claimed by another session"):
+        resolve_source(reference, served.base, rootdir=str(pytester.path), claim=lambda _: False)
