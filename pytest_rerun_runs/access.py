@@ -12,8 +12,6 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from pytest_rerun_runs.store import SCOPES
-
 TOKEN_PREFIX = "prr_"
 _TOKEN = re.compile(r"^prr_[A-Za-z0-9_-]{43}$")
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
@@ -30,14 +28,6 @@ def hash_token(token: str) -> str:
 
 def looks_like_token(text: str) -> bool:
     return bool(_TOKEN.match(text))
-
-
-def check_scopes(scopes: list[str]) -> list[str]:
-    """``scopes`` without repeats, each one known; ``ValueError`` names the first unknown."""
-    for scope in scopes:
-        if scope not in SCOPES:
-            raise ValueError(f"unknown scope {scope!r} (scopes: {', '.join(SCOPES)})")
-    return list(dict.fromkeys(scopes))
 
 
 @dataclass(frozen=True)

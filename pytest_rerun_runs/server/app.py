@@ -276,12 +276,6 @@ def _decode_cursor(kind: str, cursor: str | None) -> int | None:
     return number
 
 
-def summary_json(s: RunSummary) -> dict[str, Any]:
-    """One run in ``GET /runs``: the ``show --format json`` contract without the
-    selection and results, with ``last_seen_at`` and ``plan``."""
-    return s.to_dict()
-
-
 def run_json(run: Run) -> dict[str, Any]:
     data = run.to_dict()
     data["selection_files"] = [test.file for test in run.selection]
@@ -339,12 +333,12 @@ def request_fingerprint(run_id: int, body: schemas.RetryBody) -> str:
     return hashlib.sha256(data.encode()).hexdigest()
 
 
-def retry_message(new: RunSummary, size: int) -> str:
+def retry_message(new: RunSummary) -> str:
     plan = new.plan or {}
     planned = len(plan.get("tests", ())) + len(plan.get("collectors", ()))
     return (
         f"run {new.id} queued: retry of run {new.source_run_id}, {planned:,} of"
-        f" {int(plan.get('source_size', size)):,} tests ({MODE_TEXT.get(new.mode, new.mode)}),"
+        f" {int(plan.get('source_size', 0)):,} tests ({MODE_TEXT.get(new.mode, new.mode)}),"
         f" attempt {new.attempt}"
     )
 
@@ -403,7 +397,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     def notify(event: str, summary: RunSummary) -> None:
         if notifier is None or (summary.plan or {}).get("send_notifications") is False:
             return
-        notifier.send(event, summary_json(summary))
+        notifier.send(event, summary.to_dict())
 
     # -- the guard: request id, body size, token, rate limit, scope ---------------
 
@@ -586,17 +580,20 @@ def create_app(config: ServerConfig) -> FastAPI:
         commit: Annotated[str | None, Query(max_length=1024)] = None,
         root_run_id: Annotated[int | None, Query(ge=1, le=schemas.MAX_ID)] = None,
         uid: Annotated[str | None, Query(pattern=r"^[0-9A-Za-z-]{1,64}$")] = None,
+        before: Annotated[int | None, Query(ge=1, le=schemas.MAX_ID)] = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, Query(max_length=64)] = None,
     ) -> dict[str, Any]:
-        """Runs, newest first; ``next_cursor`` pages on. ``uid`` finds the run a
-        client created with that uid."""
-        before = _decode_cursor("before", cursor)
+        """Runs, newest first; ``next_cursor`` pages on, ``before`` starts below a run
+        id. ``uid`` finds the run a client created with that uid."""
+        after_cursor = _decode_cursor("before", cursor)
+        if after_cursor is not None:
+            before = after_cursor if before is None else min(before, after_cursor)
         store = pool.get()
         if uid is not None:
             found_id = store.find_run(uid)
             found_runs = [] if found_id is None else [store.get_summary(found_id)]
-            return {"runs": [summary_json(s) for s in found_runs], "next_cursor": None}
+            return {"runs": [s.to_dict() for s in found_runs], "next_cursor": None}
         found = store.list_runs(
             limit + 1,
             before=before,
@@ -609,7 +606,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         page = found[:limit]
         more = len(found) > limit
         return {
-            "runs": [summary_json(s) for s in page],
+            "runs": [s.to_dict() for s in page],
             "next_cursor": _encode_cursor("before", page[-1].id) if more else None,
         }
 
@@ -619,7 +616,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         the file of each selected test; ``results=false``: without the selection
         and results (as ``GET /runs`` lists it)."""
         if not results:
-            return summary_json(pool.get().get_summary(run_id))
+            return pool.get().get_summary(run_id).to_dict()
         return run_json(pool.get().get_run(run_id))
 
     @app.get(f"{API}/runs/{{run_id:int}}/results", **scoped("runs:read"))
@@ -756,7 +753,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         summary = store.get_summary(run_id)
         if was_open and summary.finished_at is not None:
             notify("run.finished", summary)
-        return summary_json(summary)
+        return summary.to_dict()
 
     @app.post(f"{API}/runs/{{run_id:int}}/claim", **scoped("runs:retry"))
     def claim_run(run_id: RunPath, body: schemas.ClaimBody) -> dict[str, Any]:
@@ -860,7 +857,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             new_run_id=new_id,
             action="retry",
             status=new.status,
-            message=retry_message(new, 0),
+            message=retry_message(new),
         )
 
     def _same_request(recalled: tuple[str, int], fingerprint: str, key: str) -> int:

@@ -315,7 +315,7 @@ class HttpStore:
         if before is not None:
             if before <= 1:
                 return []
-            params["cursor"] = _before_cursor(before)
+            params["before"] = before
         found = []
         for summary in self._pages(limit, params):
             found.append(summary)
@@ -369,12 +369,6 @@ def _retry_after(response: Any) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
-
-
-def _before_cursor(run_id: int) -> str:
-    import base64
-
-    return base64.urlsafe_b64encode(f"before:{run_id}".encode()).decode().rstrip("=")
 
 
 def _invocation_body(inv: Invocation) -> dict[str, Any]:

@@ -608,6 +608,26 @@ def counts_from_groups(selection_size: int, groups: Iterable[tuple[str, bool, in
     return counts
 
 
+def imported_results(run: Run) -> list[Result]:
+    """The reported results of a run from elsewhere, each at its position in the
+    run's selection (a node id selected twice takes its positions in turn);
+    results outside the selection come after it."""
+    free: dict[str, list[int]] = {}
+    for position, test in enumerate(run.selection):
+        free.setdefault(test.nodeid, []).append(position)
+    results, extra = [], len(run.selection)
+    for result in run.results:
+        if result.outcome == "not_run":
+            continue
+        places = free.get(result.nodeid)
+        if places:
+            position = places.pop(0)
+        else:
+            position, extra = extra, extra + 1
+        results.append(result._replace(position=position))
+    return results
+
+
 def check_positions(run_id: int, selection: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Refuse results whose position does not fit the run's selection: inside it
     the node id must be the one selected there; after it (collection errors) it

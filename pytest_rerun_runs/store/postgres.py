@@ -56,6 +56,7 @@ from pytest_rerun_runs.store.model import (
     check_positions,
     counts_from_groups,
     effective_status,
+    imported_results,
     is_settled,
     legacy_uid,
     results_in_selection_order,
@@ -633,9 +634,6 @@ class PostgresStore:
         status = s.status if s.status not in ("running", "queued") else "interrupted"
         size = len(run.selection)
         blob = encode_selection(run.selection)
-        free: dict[str, list[int]] = {}
-        for position, test in enumerate(run.selection):
-            free.setdefault(test.nodeid, []).append(position)
         with self.transaction():
             existing = self._existing(uid, blob)
             if existing is not None:
@@ -657,16 +655,7 @@ class PostgresStore:
                 assert existing is not None
                 return existing
             run_id = int(row[0])
-            results, extra = [], size
-            for result in run.results:
-                if result.outcome == "not_run":
-                    continue
-                places = free.get(result.nodeid)
-                if places:
-                    position = places.pop(0)
-                else:
-                    position, extra = extra, extra + 1
-                results.append(result._replace(position=position))
+            results = imported_results(run)
             self._insert(self._rows(run_id, results, size))
             self._execute(
                 "UPDATE runs SET root_run_id = id, finished_at = %s, counts = %s WHERE id = %s",

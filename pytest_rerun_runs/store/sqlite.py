@@ -61,6 +61,7 @@ from pytest_rerun_runs.store.model import (
     check_positions,
     counts_from_groups,
     effective_status,
+    imported_results,
     is_settled,
     legacy_uid,
     results_in_selection_order,
@@ -1033,9 +1034,6 @@ class SqliteStore:
         selection = run.selection
         size = len(selection)
         blob = encode_selection(selection)
-        free_positions: dict[str, list[int]] = {}
-        for position, test in enumerate(selection):
-            free_positions.setdefault(test.nodeid, []).append(position)
         with self.transaction() as connection:
             existing = self._existing(connection, uid, blob)
             if existing is not None:
@@ -1066,17 +1064,7 @@ class SqliteStore:
             )
             run_id = cursor.lastrowid
             assert run_id is not None
-            results = []
-            extra = size
-            for result in run.results:
-                if result.outcome == "not_run":
-                    continue
-                free = free_positions.get(result.nodeid)
-                if free:
-                    position = free.pop(0)
-                else:
-                    position, extra = extra, extra + 1
-                results.append(result._replace(position=position))
+            results = imported_results(run)
             self._insert(connection, self._rows(run_id, results), size)
             # Counts come from the results, never from what the file says.
             counts = self._live_counts(run_id, size)
