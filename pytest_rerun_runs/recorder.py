@@ -6,9 +6,11 @@ else: the plugin feeds it and decides when a run starts and ends.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from pytest_rerun_runs.store import (
@@ -32,6 +34,33 @@ if TYPE_CHECKING:
 
 #: By default at most this many seconds of results are held in memory before a write.
 FLUSH_INTERVAL = 1.0
+
+#: A :class:`Result`'s fields as a plain tuple. Results wait for their write as
+#: plain tuples: the garbage collector stops tracking a tuple of strings and
+#: numbers, never a named tuple, and a second's worth of tracked objects would be
+#: promoted to the oldest generation and bring its costly collections sooner.
+PendingResult = tuple[
+    str, Outcome, Phase, float, float, float, "str | None", "str | None", int, "str | None", int
+]
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No garbage collection while a batch of our short-lived objects exists.
+
+    A selection or a batch of results is thousands of tracked objects that die
+    together a few milliseconds later; collections in between would promote them
+    to older generations, and a session of many tests would run more of its
+    costly full collections.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def cap_longrepr(text: str) -> str:
@@ -82,7 +111,7 @@ class Recorder:
         *,
         flush_interval: float = FLUSH_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
-        on_result: Callable[[Result], None] | None = None,
+        on_result: Callable[[str, Outcome], None] | None = None,
         spool: Callable[[NewRun, Selection, int | None], SpoolWriter] | None = None,
         on_cancel: Callable[[int], None] | None = None,
     ) -> None:
@@ -90,6 +119,7 @@ class Recorder:
         #: Where the run goes when its store fails (a server): see ``spool.py``.
         self._spool_factory = spool
         self.spool: SpoolWriter | None = None
+        #: What the run was created from, kept only where it may be spooled.
         self._created: tuple[NewRun, Selection] | None = None
         self._claimed: int | None = None
         self._on_cancel = on_cancel
@@ -103,7 +133,7 @@ class Recorder:
         self.run_id: int | None = None
         self.disabled = False
         self._progress: dict[str, _TestProgress] = {}
-        self._pending: list[Result] = []
+        self._pending: list[PendingResult] = []
         self._last_flush = self._clock()
         #: node id -> its first position in the selection; a list only for a node id
         #: selected several times (--keep-duplicates): a list per test would be
@@ -199,12 +229,13 @@ class Recorder:
                     first.append(position)
         self._positions = positions
         self._selection_size = self._next_extra = len(selection.tests)
-        placed = ((r, self._position(r.nodeid)) for r in self._pending)
-        self._pending = [r._replace(position=p) for r, p in placed if p is not None]
+        placed = ((r, self._position(r[0])) for r in self._pending)
+        self._pending = [(*r[:-1], p) for r, p in placed if p is not None]
         try:
             self.store = self._open_store()
             described = new_run(self.store)
-            self._created = (described, selection)
+            if self._spool_factory is not None:
+                self._created = (described, selection)
             if claim is not None:
                 self.store.claim_run(claim, described.invocation, described.started_at)
                 self.run_id = self._claimed = claim
@@ -216,7 +247,7 @@ class Recorder:
             if isinstance(exc, AlreadyClaimed):
                 self.close()
                 raise
-            if claim is None and self._spool_instead(exc, self._pending):
+            if claim is None and self._spool_instead(exc, self._take_pending()):
                 self._pending = []
                 return None
             self._fail(exc)
@@ -293,7 +324,7 @@ class Recorder:
             if position is None:
                 return
             self._add(
-                Result(
+                (
                     nodeid,
                     progress.outcome,
                     progress.when,
@@ -330,22 +361,28 @@ class Recorder:
         if position is None:
             return
         self._add(
-            Result(
-                nodeid=nodeid,
-                outcome=outcome,
-                when="collect",
-                longrepr=cap_longrepr(text),
-                file=nodeid.split("::")[0],
-                position=position,
+            (
+                nodeid,
+                outcome,
+                "collect",
+                0.0,
+                0.0,
+                0.0,
+                None,
+                cap_longrepr(text),
+                0,
+                nodeid.split("::")[0],
+                position,
             )
         )
 
-    def _add(self, result: Result) -> None:
+    def _add(self, result: PendingResult) -> None:
         if self.disabled:
             return
-        self._counts[result.outcome] += 1
+        outcome = result[1]
+        self._counts[outcome] += 1
         if self._on_result is not None:
-            self._on_result(result)
+            self._on_result(result[0], outcome)
         self._pending.append(result)
         if self.started and self._clock() - self._last_flush >= self._flush_interval:
             self.flush()
@@ -360,11 +397,20 @@ class Recorder:
     def has_pending_results(self) -> bool:
         return bool(self._pending)
 
+    def _take_pending(self) -> list[Result]:
+        batch = list(map(Result._make, self._pending))
+        self._pending = []
+        return batch
+
     def flush(self) -> None:
         if not self._pending:
             return
+        with collector_paused():
+            self._flush()
+
+    def _flush(self) -> None:
         if self.spool is not None:
-            batch, self._pending = self._pending, []
+            batch = self._take_pending()
             try:
                 self.spool.add_results(batch)
             except Exception as exc:
@@ -373,7 +419,7 @@ class Recorder:
             return
         if self.store is None or self.run_id is None:
             return
-        batch, self._pending = self._pending, []
+        batch = self._take_pending()
         try:
             self.store.append_results(self.run_id, batch)
             if not self.cancelled and self.store.cancel_requested(self.run_id):
@@ -386,7 +432,11 @@ class Recorder:
         self._last_flush = self._clock()
 
     def finish(self, finish: RunFinish) -> None:
-        batch, self._pending = self._pending, []
+        with collector_paused():
+            self._finish(finish)
+
+    def _finish(self, finish: RunFinish) -> None:
+        batch = self._take_pending()
         if self.spool is not None:
             try:
                 self.spool.finish(finish, batch)

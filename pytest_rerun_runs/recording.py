@@ -21,12 +21,12 @@ import pytest
 
 from pytest_rerun_runs import locate
 from pytest_rerun_runs.invocation import ci_info, git_info, tree_fingerprint
-from pytest_rerun_runs.recorder import Recorder, relative_file
+from pytest_rerun_runs.recorder import Recorder, collector_paused, relative_file
 from pytest_rerun_runs.store import (
     FAILING_OUTCOMES,
     Invocation,
     NewRun,
-    Result,
+    Outcome,
     RetryMode,
     RunFinish,
     RunsError,
@@ -138,7 +138,10 @@ class RecordingPlugin:
         self.uploaded: list[tuple[str, int]] = []
         self.created_at = time.time()
         self.deselected = 0
+        #: The selection while the run is created (dropped after: see ``_start``).
         self.selection: list[SelectedTest] | None = None
+        #: A retry's selected node ids, for its mode at the end.
+        self.selected_nodeids: set[str] = set()
         self.collected = False
         self.warnings: list[str] = []
         self.worker_output_seen = False
@@ -201,9 +204,9 @@ class RecordingPlugin:
         if dsession is not None:  # xdist's controller stops its workers itself
             dsession.shouldstop = reason
 
-    def _on_result(self, result: Result) -> None:
-        if result.outcome == "passed" and result.nodeid in self.source_failures:
-            self.passed_on_retry.append(result.nodeid)
+    def _on_result(self, nodeid: str, outcome: Outcome) -> None:
+        if outcome == "passed" and nodeid in self.source_failures:
+            self.passed_on_retry.append(nodeid)
 
     # -- collection ---------------------------------------------------------------
 
@@ -233,6 +236,10 @@ class RecordingPlugin:
             self.missing = retry.missing
         if not self.collected and not self.recorder.has_pending_results:
             return  # a usage error before anything was collected: nothing to record
+        with collector_paused():
+            self._start(self._selected_items(session))
+
+    def _selected_items(self, session: pytest.Session) -> list[SelectedTest]:
         rootdir = str(self.config.rootpath)
         files: dict[Any, str] = {}
         selection = []
@@ -242,7 +249,7 @@ class RecordingPlugin:
             if file is None:
                 file = files[path] = clean_text(relative_file(path, rootdir))
             selection.append(SelectedTest(clean_text(item.nodeid), file))
-        self._start(selection)
+        return selection
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
@@ -259,8 +266,9 @@ class RecordingPlugin:
             return
         # Under xdist the controller only learns node ids; the file of a node id
         # is the part before its first "::", as pytest builds node ids.
-        cleaned = [clean_text(nodeid) for nodeid in ids]
-        self._start([SelectedTest(nodeid, nodeid.split("::")[0]) for nodeid in cleaned])
+        with collector_paused():
+            cleaned = [clean_text(nodeid) for nodeid in ids]
+            self._start([SelectedTest(nodeid, nodeid.split("::")[0]) for nodeid in cleaned])
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             for line in self._start_lines():
@@ -284,8 +292,7 @@ class RecordingPlugin:
             return "full"
         from pytest_rerun_runs.planner import retry_mode
 
-        selected = {test.nodeid for test in self.selection or []}
-        return retry_mode(retry.plan, selected, self.missing)
+        return retry_mode(retry.plan, self.selected_nodeids, self.missing)
 
     def _new_run(self, store: RunStore) -> NewRun:
         """The run this session records; a run file's run is imported first."""
@@ -322,7 +329,17 @@ class RecordingPlugin:
         )
 
     def _start(self, tests: list[SelectedTest]) -> None:
+        if self.retry is not None:
+            self.selected_nodeids = {test.nodeid for test in tests}
+        # One named tuple per test, which the garbage collector tracks as long as it
+        # lives: the selection is let go once the run is created.
         self.selection = tests
+        try:
+            self._create_run(tests)
+        finally:
+            self.selection = None
+
+    def _create_run(self, tests: list[SelectedTest]) -> None:
         claim = self.source.claim if self.source is not None else None
         if claim is not None and self.source is not None:
             # The queued run holds its selection: results take their positions in

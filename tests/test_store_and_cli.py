@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_rerun_runs.invocation import ci_info, git_info
-from pytest_rerun_runs.recorder import Recorder
+from pytest_rerun_runs.recorder import Recorder, collector_paused
 from pytest_rerun_runs.store import (
     GitInfo,
     NewRun,
@@ -167,6 +168,67 @@ def test_results_are_written_in_batches_by_time() -> None:
     assert store.batches == [256, 256, 256]
     assert store.finished == [232]
     assert recorder.counts()["passed"] == 1000
+
+
+def test_results_waiting_for_their_write_are_not_tracked_by_the_garbage_collector() -> None:
+    # Tracked objects that live for a second are promoted to the oldest
+    # generation: thousands of them a second bring more full collections.
+    store = CountingStore()
+    recorder = Recorder(lambda: store, lambda message: None, clock=lambda: 0.0)  # type: ignore[arg-type,return-value]
+    tests = [SelectedTest(f"f.py::t{i}", "f.py") for i in range(100)]
+    recorder.start(lambda store: make_new_run(), Selection(tests))
+    for test in tests:
+        for when in ("setup", "call", "teardown"):
+            recorder.add_test_report(report(test.nodeid, when, "passed"))
+    gc.collect()
+    pending = recorder._pending
+    assert len(pending) == 100
+    assert not any(gc.is_tracked(result) for result in pending)
+    recorder.finish(RunFinish(exit_status=0, finished_at=1.0))
+    assert store.finished == [100]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_collector_is_paused_only_while_a_batch_exists(enabled: bool) -> None:
+    was_enabled = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert gc.isenabled() is enabled
+        with pytest.raises(ValueError, match="a batch failed"), collector_paused():
+            raise ValueError("a batch failed")
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
+
+
+def test_the_selection_is_let_go_once_the_run_is_created(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import gc
+        import pytest
+
+        from pytest_rerun_runs.store import SelectedTest
+
+        @pytest.hookimpl(trylast=True)
+        def pytest_collection_finish(session):
+            gc.collect()
+            session.config.selected_alive = sum(
+                isinstance(o, SelectedTest) for o in gc.get_objects()
+            )
+
+        def pytest_sessionfinish(session):
+            print("selection objects alive:", session.config.selected_alive)
+        """
+    )
+    pytester.makepyfile(
+        "import pytest\n@pytest.mark.parametrize('n', range(50))\ndef test_n(n): pass\n"
+    )
+    # In a process of its own: this one holds selections of other tests.
+    result = pytester.runpytest_subprocess("-s")
+    result.assert_outcomes(passed=50)
+    result.stdout.fnmatch_lines(["*selection objects alive: 0"])
 
 
 # -- git and CI ------------------------------------------------------------------

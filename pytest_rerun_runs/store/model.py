@@ -628,17 +628,16 @@ def imported_results(run: Run) -> list[Result]:
     return results
 
 
-def check_positions(run_id: int, selection: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+def check_positions(run_id: int, selection: Sequence[str], results: Iterable[Result]) -> None:
     """Refuse results whose position does not fit the run's selection: inside it
     the node id must be the one selected there; after it (collection errors) it
-    must be one the selection does not hold. ``rows`` hold the position at
-    index 1 and the node id at index 10, as backends write them."""
+    must be one the selection does not hold."""
     from pytest_rerun_runs.store.errors import InvalidResult
 
     size = len(selection)
     selected: set[str] | None = None
-    for row in rows:
-        position, nodeid = row[1], row[10]
+    for result in results:
+        position, nodeid = result.position, result.nodeid
         if position < size:
             if selection[position] == nodeid:
                 continue

@@ -533,9 +533,7 @@ class PostgresStore:
             if nodeids is None:
                 nodeids = [t.nodeid for t in self._stored_selection(run_id)[0]]
                 self._remember_selection(run_id, nodeids)
-            check_positions(
-                run_id, nodeids, [(run_id, r.position, *[None] * 8, r.nodeid) for r in results]
-            )
+            check_positions(run_id, nodeids, results)
             return int(size), True
         stored = {
             position

@@ -690,14 +690,14 @@ class SqliteStore:
                     )
         return self.get_summary(run_id)
 
-    def _rows(self, run_id: int, results: Sequence[Result]) -> list[tuple[Any, ...]]:
+    @staticmethod
+    def _rows(run_id: int, results: Sequence[Result], size: int) -> list[tuple[Any, ...]]:
+        # The selection already names the selected tests: node id and file are
+        # stored only for results outside it.
         outcome_code, phase_code = _OUTCOME_CODE, _PHASE_CODE
         rows = []
         for result in results:
-            if result.position < 0:
-                raise InvalidResult(
-                    f"result for {result.nodeid} has no position in run {run_id}", run_id=run_id
-                )
+            outside = result.position >= size
             rows.append(
                 (
                     run_id,
@@ -710,18 +710,23 @@ class SqliteStore:
                     result.worker,
                     result.longrepr,
                     result.rerun_attempts,
-                    result.nodeid,
-                    result.file or result.nodeid.split("::")[0],
+                    result.nodeid if outside else None,
+                    (result.file or result.nodeid.split("::")[0]) if outside else None,
                 )
             )
         return rows
 
     def _open_run(
-        self, connection: sqlite3.Connection, run_id: int, rows: list[tuple[Any, ...]]
+        self, connection: sqlite3.Connection, run_id: int, results: Sequence[Result]
     ) -> tuple[int, bool]:
-        """(selection size, still open) of ``run_id``, with ``rows`` checked against
-        its selection; for a finished run, checks that ``rows`` are already stored
+        """(selection size, still open) of ``run_id``, with ``results`` checked against
+        its selection; for a finished run, checks that ``results`` are already stored
         (a repeated write) and refuses new ones."""
+        for result in results:
+            if result.position < 0:
+                raise InvalidResult(
+                    f"result for {result.nodeid} has no position in run {run_id}", run_id=run_id
+                )
         row = connection.execute(
             "SELECT selection_size, finished_at, status FROM runs WHERE id = ?", (run_id,)
         ).fetchone()
@@ -731,7 +736,7 @@ class SqliteStore:
         if status == "queued":
             raise NotClaimed(f"run {run_id} is queued: claim it before recording", run_id=run_id)
         if finished_at is None:
-            check_positions(run_id, self._selection_nodeids(connection, run_id), rows)
+            check_positions(run_id, self._selection_nodeids(connection, run_id), results)
             return int(size), True
         stored = {
             position
@@ -739,7 +744,7 @@ class SqliteStore:
                 "SELECT position FROM results WHERE run_id = ?", (run_id,)
             )
         }
-        if any(row[1] not in stored for row in rows):
+        if any(result.position not in stored for result in results):
             raise RunFinished(f"run {run_id} is finished and cannot change", run_id=run_id)
         return int(size), False
 
@@ -754,36 +759,29 @@ class SqliteStore:
         return nodeids
 
     @staticmethod
-    def _insert(connection: sqlite3.Connection, rows: list[tuple[Any, ...]], size: int) -> None:
-        # The selection already names the selected tests: node id and file are
-        # stored only for results outside it.
+    def _insert(connection: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         connection.executemany(
-            "INSERT OR IGNORE INTO results VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
-            " CASE WHEN ?2 < ?13 THEN NULL ELSE ?11 END,"
-            " CASE WHEN ?2 < ?13 THEN NULL ELSE ?12 END)",
-            [(*row, size) for row in rows],
+            "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
         )
 
     def append_results(self, run_id: int, results: Sequence[Result]) -> None:
         if not results:
             return
-        rows = self._rows(run_id, results)
         with self.transaction() as connection:
-            size, still_open = self._open_run(connection, run_id, rows)
+            size, still_open = self._open_run(connection, run_id, results)
             if not still_open:
                 return
-            self._insert(connection, rows, size)
+            self._insert(connection, self._rows(run_id, results, size))
             connection.execute(
                 "UPDATE runs SET last_seen_at = ? WHERE id = ?", (time.time(), run_id)
             )
 
     def finish_run(self, run_id: int, finish: RunFinish, results: Sequence[Result] = ()) -> None:
-        rows = self._rows(run_id, results)
         with self.transaction() as connection:
-            size, still_open = self._open_run(connection, run_id, rows)
+            size, still_open = self._open_run(connection, run_id, results)
             if not still_open:
                 return
-            self._insert(connection, rows, size)
+            self._insert(connection, self._rows(run_id, results, size))
             counts = self._live_counts(run_id, size)
             assignments = [
                 "status = ?",
@@ -1065,7 +1063,7 @@ class SqliteStore:
             run_id = cursor.lastrowid
             assert run_id is not None
             results = imported_results(run)
-            self._insert(connection, self._rows(run_id, results), size)
+            self._insert(connection, self._rows(run_id, results, size))
             # Counts come from the results, never from what the file says.
             counts = self._live_counts(run_id, size)
             connection.execute(
