@@ -175,12 +175,11 @@ _SKIPPED_DIRS = frozenset(
 def tree_fingerprint(start: Path, files: Iterable[str] = ()) -> str | None:
     """A cheap fingerprint of the working tree, equal exactly when nothing changed.
 
-    In a git repository: the commit plus the content of every tracked file whose
-    size or modification time differs from the index (what ``git status`` looks
-    at first), so a clean checkout of one commit gives the same fingerprint on
-    every machine; ``files`` (the run's test files, relative to ``start``) that git
-    does not track count by their size and modification time, so editing a new
-    test file is a change.
+    In a git repository: the commit plus the content of every tracked file that
+    differs from the index (found as ``git status`` finds it), so a clean checkout
+    of one commit gives the same fingerprint on every machine; ``files`` (the
+    run's test files, relative to ``start``) that git does not track count by
+    their size and modification time, so editing a new test file is a change.
     Without git: the paths, sizes and modification times of the code and
     configuration files under ``start``. ``None`` when it cannot be told cheaply.
     """
@@ -195,47 +194,50 @@ def tree_fingerprint(start: Path, files: Iterable[str] = ()) -> str | None:
         if info.commit is None or index is None or worktree is None:
             return None
         changed, tracked = index
-        untracked: list[tuple[Path, os.stat_result | None]] = []
-        # Resolving every test file costs a system call per path component; a file
-        # that is no symlink resolves to its resolved directory plus its name, so
-        # each directory is resolved once (and the file's lstat is its stat).
+        # Strings, not Path objects: this runs once per test file of every session.
+        # A file that is no symlink resolves to its resolved directory plus its
+        # name, so each directory is resolved once (and the file's lstat is its stat).
         try:
-            root = worktree.resolve()
+            root = os.path.join(os.path.realpath(worktree), "")
         except OSError:
-            root = worktree
-        directories: dict[Path, Path] = {}
+            root = os.path.join(os.fspath(worktree), "")
+        base = os.fspath(start)
+        directories: dict[str, str] = {}
+        untracked: list[tuple[str, os.stat_result | None]] = []
         for name in sorted(set(files)):
-            path = start / name
+            test_file = os.path.join(base, name)
             try:
-                own = os.lstat(path)
+                own = os.lstat(test_file)
                 known: os.stat_result | None = own
                 if stat.S_ISLNK(own.st_mode):
-                    known, resolved = None, path.resolve()
+                    known, resolved = None, os.path.realpath(test_file)
                 else:
-                    parent = directories.get(path.parent)
+                    directory, file_name = os.path.split(test_file)
+                    parent = directories.get(directory)
                     if parent is None:
-                        parent = directories[path.parent] = path.parent.resolve()
-                    resolved = parent / path.name
-                relative = os.fsencode(resolved.relative_to(root).as_posix())
-            except (OSError, ValueError):
+                        parent = directories[directory] = os.path.realpath(directory)
+                    resolved = os.path.join(parent, file_name)
+            except OSError:
                 continue
-            if relative not in tracked:
-                untracked.append((path, known))
+            if not resolved.startswith(root):
+                continue
+            relative = resolved[len(root) :]
+            if os.sep != "/":
+                relative = relative.replace(os.sep, "/")
+            if os.fsencode(relative) not in tracked:
+                untracked.append((test_file, known))
         digest.update(info.commit.encode())
-        for path, lstatus in untracked:  # local by nature: size and time tell a change
+        for test_file, lstatus in untracked:  # local by nature: size and time tell a change
             try:
-                status = lstatus if lstatus is not None else path.stat()
+                status = lstatus if lstatus is not None else os.stat(test_file)
             except OSError:
                 continue
             digest.update(
-                f"\0{path}\0{status.st_size}\0{status.st_mtime_ns}".encode(errors="replace")
+                f"\0{test_file}\0{status.st_size}\0{status.st_mtime_ns}".encode(errors="replace")
             )
-        for path in changed:
+        for path, content in changed:
             digest.update(b"\0" + os.fsencode(path) + b"\0")
-            try:
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
-            except OSError:
-                digest.update(b"deleted")
+            digest.update(b"deleted" if content is None else hashlib.sha256(content).digest())
         return f"git:{digest.hexdigest()[:32]}"
     count = 0
     for directory, names, entries in os.walk(start):
@@ -266,10 +268,17 @@ def tree_fingerprint(start: Path, files: Iterable[str] = ()) -> str | None:
 
 def _changed_tracked_files(
     git_dir: Path, worktree: Path | None
-) -> tuple[list[Path], set[bytes]] | None:
-    """Tracked files whose size or mtime differ from the index, and the names of
-    all tracked files; ``None`` when the index cannot be read cheaply (absent,
-    unknown version, too large, a linked worktree whose checkout is elsewhere)."""
+) -> tuple[list[tuple[Path, bytes | None]], set[bytes]] | None:
+    """Tracked files whose content differs from the index, with that content
+    (``None``: deleted), and the names of all tracked files; ``None`` when the
+    index cannot be read cheaply (absent, unknown version, too large, a linked
+    worktree whose checkout is elsewhere).
+
+    As ``git status`` does, a file is read only when its size or mtime differs
+    from the index, and then compared by its blob id: a file touched but not
+    changed is no change.
+    """
+    import hashlib
     import struct
 
     if worktree is None:
@@ -283,7 +292,7 @@ def _changed_tracked_files(
     version, count = struct.unpack(">II", data[4:12])
     if version not in (2, 3, 4) or count > FINGERPRINT_FILE_LIMIT:
         return None
-    changed: list[Path] = []
+    changed: list[tuple[Path, bytes | None]] = []
     base = os.fspath(worktree)
     tracked: set[bytes] = set()
     offset, previous = 12, b""
@@ -321,14 +330,25 @@ def _changed_tracked_files(
             try:
                 status = os.lstat(path)
             except OSError:
-                changed.append(Path(path))
+                changed.append((Path(path), None))
                 continue
             if (
-                status.st_size & 0xFFFFFFFF != size
-                or int(status.st_mtime) & 0xFFFFFFFF != mtime_s
-                or status.st_mtime_ns % 1_000_000_000 != mtime_ns
+                status.st_size & 0xFFFFFFFF == size
+                and int(status.st_mtime) & 0xFFFFFFFF == mtime_s
+                and status.st_mtime_ns % 1_000_000_000 == mtime_ns
             ):
-                changed.append(Path(path))
+                continue
+            try:
+                if stat.S_ISLNK(status.st_mode):  # git holds a link's target as its blob
+                    content = os.fsencode(os.readlink(path))
+                else:
+                    content = Path(path).read_bytes()
+            except OSError:
+                changed.append((Path(path), None))
+                continue
+            blob_id = hashlib.sha1(b"blob %d\0" % len(content) + content, usedforsecurity=False)
+            if blob_id.digest() != data[start + 40 : start + 60]:
+                changed.append((Path(path), content))
     except (struct.error, ValueError, IndexError):
         return None
     return changed, tracked

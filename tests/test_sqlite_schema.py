@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import zlib
 from pathlib import Path
 
 import pytest
 
-from pytest_rerun_runs.store import legacy_uid, open_store
-from pytest_rerun_runs.store.sqlite import MIGRATIONS, SCHEMA_VERSION
+from pytest_rerun_runs.store import SelectedTest, Selection, legacy_uid, open_store
+from pytest_rerun_runs.store.sqlite import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    decode_selection,
+    encode_selection,
+)
+from tests.conftest import make_new_run
 
 DATA = Path(__file__).parent / "data"
 #: The schema as each released version left it, checked in as SQL text.
@@ -100,3 +107,23 @@ def test_a_store_of_a_newer_schema_is_not_touched(tmp_path: Path) -> None:
         open_store(str(path))
     assert path.read_bytes() == before
     assert not Path(f"{path}-wal").exists()
+
+
+def test_a_selection_compressed_by_another_version_is_the_same_selection(tmp_path: Path) -> None:
+    selection = Selection([SelectedTest(f"test_a.py::t{i}", "test_a.py") for i in range(50)])
+    store = open_store(str(tmp_path / "runs.db"))
+    try:
+        new_run = make_new_run()
+        run_id = store.create_run(new_run, selection)
+        # An earlier version compressed the selection at another level.
+        blob = encode_selection(selection.tests)
+        recompressed = zlib.compress(zlib.decompress(blob), 9)
+        assert recompressed != blob
+        connection = sqlite3.connect(tmp_path / "runs.db")
+        with connection:
+            connection.execute("UPDATE runs SET selection = ? WHERE id = ?", (recompressed, run_id))
+        connection.close()
+        assert store.create_run(new_run, selection) == run_id
+        assert decode_selection(recompressed) == selection.tests
+    finally:
+        store.close()

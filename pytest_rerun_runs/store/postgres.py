@@ -62,7 +62,7 @@ from pytest_rerun_runs.store.model import (
     results_in_selection_order,
     status_from_exit,
 )
-from pytest_rerun_runs.store.sqlite import _decoded, encode_selection
+from pytest_rerun_runs.store.sqlite import _decoded, encode_selection, same_selection
 
 _MAX_ID = 2**63 - 1
 _OUTCOME_CODE: dict[str, int] = {outcome: code for code, outcome in enumerate(OUTCOMES)}
@@ -352,7 +352,7 @@ class PostgresStore:
         if row is None:
             return None
         run_id, stored = row
-        if stored is not None and bytes(stored) != blob:
+        if stored is not None and not same_selection(bytes(stored), blob):
             raise ConflictingSelection(
                 f"run {run_id} (uid {uid}) exists with another selection", run_id=run_id
             )
