@@ -15,10 +15,9 @@ import pytest
 
 from pytest_rerun_runs.planner import PlanMatcher, RetryPlan, planned_children
 from pytest_rerun_runs.text import summarize
+from pytest_rerun_runs.worker import MISSING_KEY
 
 PLUGIN_NAME = "rerun-runs-narrowing"
-#: The workeroutput key a worker reports missing tests under.
-MISSING_KEY = "rerun_runs_missing"
 
 
 @dataclass

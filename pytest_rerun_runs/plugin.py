@@ -18,13 +18,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_rerun_runs import locate
-from pytest_rerun_runs.store import (
-    DEFAULT_STALE_AFTER,
-    RunsError,
-    backend_for,
-    clean_text,
-    redact_url,
-)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -128,7 +121,7 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
         return
-    from pytest_rerun_runs.recording import WorkerPlugin
+    from pytest_rerun_runs.worker import WorkerPlugin
 
     config.pluginmanager.register(WorkerPlugin(config), "rerun-runs-worker")
     plan = workerinput.get(PLAN_KEY)
@@ -141,9 +134,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    from pytest_rerun_runs.collection import retry_state_key
-
-    state = node.config.stash.get(retry_state_key, None)
+    # Only a retry imports the narrowing, and stashes its state under its key.
+    collection = sys.modules.get("pytest_rerun_runs.collection")
+    if collection is None:
+        return
+    state = node.config.stash.get(collection.retry_state_key, None)
     if state is not None:
         node.workerinput[PLAN_KEY] = state.plan.to_dict()
 
@@ -158,6 +153,13 @@ def register_narrowing(config: pytest.Config, state: RetryState) -> None:
 def recording_options(config: pytest.Config) -> RecordingOptions:
     """What the options and ini settings say, checked: bad values are usage errors."""
     from pytest_rerun_runs.recording import RecordingOptions
+    from pytest_rerun_runs.store import (
+        DEFAULT_STALE_AFTER,
+        RunsError,
+        backend_for,
+        clean_text,
+        redact_url,
+    )
 
     _reject_retry_options_without_retry(config)
     check_separate_path_option(config, "--runs-store")
@@ -194,6 +196,7 @@ def plan_retry(config: pytest.Config, options: RecordingOptions) -> RetrySource:
     from pytest_rerun_runs import planner
     from pytest_rerun_runs.collection import RetryState
     from pytest_rerun_runs.retry_source import parse_run_reference, resolve_source
+    from pytest_rerun_runs.store import RunsError
     from pytest_rerun_runs.text import summarize
 
     value: str = config.getoption("retry_run")
@@ -331,6 +334,8 @@ def _reject_retry_options_without_retry(config: pytest.Config) -> None:
 
 
 def parse_meta(values: list[str]) -> dict[str, str]:
+    from pytest_rerun_runs.store import clean_text
+
     meta: dict[str, str] = {}
     for value in values:
         key, sep, text = value.partition("=")

@@ -42,6 +42,7 @@ from pytest_rerun_runs.store import (
     store_scheme,
 )
 from pytest_rerun_runs.text import escape, summarize
+from pytest_rerun_runs.worker import DESELECTED_KEY, MISSING_KEY
 
 if TYPE_CHECKING:
     # Only a retry needs these modules (plugin.py imports them then): every
@@ -51,8 +52,6 @@ if TYPE_CHECKING:
     from pytest_rerun_runs.spool import SpoolWriter
 
 PLUGIN_NAME = "rerun-runs-recorder"
-#: The workeroutput key a worker reports its deselected count under.
-DESELECTED_KEY = "rerun_runs_deselected"
 
 
 @dataclass(frozen=True)
@@ -253,17 +252,18 @@ class RecordingPlugin:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
-        from pytest_rerun_runs.collection import retry_finds_anything
-
         retry = self.retry
         if self.recorder.started or self.recorder.disabled or (retry and retry.aborted):
             return
-        if retry is not None and not retry_finds_anything(retry, ids):
-            # The workers deselect everything; as without xdist, this is a usage
-            # error and nothing is recorded (the exit code is set at the end).
-            retry.aborted = True
-            retry.missing = [t.nodeid for t in retry.plan.tests]
-            return
+        if retry is not None:
+            from pytest_rerun_runs.collection import retry_finds_anything
+
+            if not retry_finds_anything(retry, ids):
+                # The workers deselect everything; as without xdist, this is a usage
+                # error and nothing is recorded (the exit code is set at the end).
+                retry.aborted = True
+                retry.missing = [t.nodeid for t in retry.plan.tests]
+                return
         # Under xdist the controller only learns node ids; the file of a node id
         # is the part before its first "::", as pytest builds node ids.
         with collector_paused():
@@ -276,8 +276,6 @@ class RecordingPlugin:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: object) -> None:
-        from pytest_rerun_runs.collection import MISSING_KEY
-
         output = getattr(node, "workeroutput", None) or {}
         if DESELECTED_KEY not in output or self.worker_output_seen:
             return
@@ -503,17 +501,3 @@ class RecordingPlugin:
             f"run {run_id} recorded: {counts_text(self.recorder.counts())}"
             f" in {self.options.display_location}"
         )
-
-
-class WorkerPlugin:
-    """On an xdist worker: never touches the store; reports what it deselected."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self.deselected = 0
-
-    def pytest_deselected(self, items: list[pytest.Item]) -> None:
-        self.deselected += len(items)
-
-    def pytest_sessionfinish(self) -> None:
-        self.config.workeroutput[DESELECTED_KEY] = self.deselected  # type: ignore[attr-defined]

@@ -42,6 +42,56 @@ def test_xdist_records_deselection_from_the_workers(
     assert len(run["selection"]) == 2
 
 
+NOTING_IMPORTS = """
+import json, os, sys
+
+def pytest_sessionfinish(session):
+    workerinput = getattr(session.config, "workerinput", None)
+    worker = "controller" if workerinput is None else workerinput["workerid"]
+    ours = sorted(m for m in sys.modules if m.startswith("pytest_rerun_runs"))
+    heavy = sorted(m for m in ("requests", "psycopg", "fastapi", "yaml") if m in sys.modules)
+    with open(os.path.join(os.environ["NOTES"], worker + ".json"), "w") as notes:
+        json.dump({"ours": ours, "heavy": heavy}, notes)
+"""
+
+
+def test_each_process_imports_only_what_it_uses(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    monkeypatch.setenv("NOTES", str(tmp_path))
+    pytester.makeconftest(NOTING_IMPORTS)
+    pytester.makepyfile("def test_one(): pass\ndef test_two(): pass\n")
+    result = pytester.runpytest_subprocess("-n", "2")
+    result.assert_outcomes(passed=2)
+    imported = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+    assert set(imported) == {"controller", "gw0", "gw1"}
+    # A worker never touches the store.
+    for worker in ("gw0", "gw1"):
+        assert imported[worker] == {
+            "ours": [
+                "pytest_rerun_runs",
+                "pytest_rerun_runs.locate",
+                "pytest_rerun_runs.plugin",
+                "pytest_rerun_runs.worker",
+            ],
+            "heavy": [],
+        }
+    # The controller records: no retry, server or other backend modules.
+    controller = imported["controller"]
+    assert controller["heavy"] == []
+    assert not {
+        "pytest_rerun_runs.collection",
+        "pytest_rerun_runs.planner",
+        "pytest_rerun_runs.retry_source",
+        "pytest_rerun_runs.server",
+        "pytest_rerun_runs.store.http",
+        "pytest_rerun_runs.store.postgres",
+    } & set(controller["ours"])
+    assert "pytest_rerun_runs.store.sqlite" in controller["ours"]
+
+
 def test_xdist_worker_crash_is_an_error(
     pytester: pytest.Pytester, show: Callable[..., RunDict]
 ) -> None:
