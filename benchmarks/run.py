@@ -186,6 +186,7 @@ class Measure:
     command: list[str]
     prepare: Callable[[], None] = lambda: None
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
     peak_kib: list[int] = field(default_factory=list)
 
     @property
@@ -193,12 +194,22 @@ class Measure:
         return statistics.median(self.seconds)
 
     @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu_seconds)
+
+    def paired_ratio(self, floor: Measure) -> float:
+        """Median of the per-round ratios: each round's two runs ran back to back,
+        so the machine's drift between rounds cancels."""
+        return statistics.median(a / b for a, b in zip(self.seconds, floor.seconds, strict=True))
+
+    @property
     def memory_mib(self) -> float:
         return statistics.median(self.peak_kib) / 1024
 
 
-def run_once(command: Sequence[str], cwd: Path) -> tuple[float, int]:
-    """Wall time and peak RSS (KiB) of one pytest process; exits 0 or 1 expected."""
+def run_once(command: Sequence[str], cwd: Path) -> tuple[float, float, int]:
+    """Wall time, CPU time (user and system, with the processes it waited for:
+    xdist's workers) and peak RSS (KiB) of one pytest process; exits 0 or 1 expected."""
     start = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=cwd, env=bench_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -211,29 +222,34 @@ def run_once(command: Sequence[str], cwd: Path) -> tuple[float, int]:
     process.stderr.close()
     if process.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(command)} exited {process.returncode}: {errors[-2000:]}")
-    return elapsed, usage.ru_maxrss
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
 
 
 def interleave(measures: list[Measure], cwd: Path, repeat: int) -> None:
     for round_number in range(repeat + 1):  # the first round warms up
         for measure in measures:
             measure.prepare()
-            seconds, peak = run_once(measure.command, cwd)
+            seconds, cpu_seconds, peak = run_once(measure.command, cwd)
             if round_number:
                 measure.seconds.append(seconds)
+                measure.cpu_seconds.append(cpu_seconds)
                 measure.peak_kib.append(peak)
     for measure in measures:
         print(f"  {measure.name}: {[round(s, 2) for s in measure.seconds]}", flush=True)
 
 
 def table(title: str, measures: list[Measure], floor: Measure, sizes: dict[str, str]) -> list[str]:
+    """Medians and their ratios to the floor; beside them the median of the
+    per-round ratios and the ratio of CPU times, which the machine's noise moves less."""
     lines = [
-        f"| {title} | median (s) | x floor | peak memory (MiB) | written per result |",
-        "|---|---|---|---|---|",
+        f"| {title} | median (s) | x floor | x floor, paired | x floor, CPU |"
+        " peak memory (MiB) | written per result |",
+        "|---|---|---|---|---|---|---|",
     ]
     for measure in measures:
         lines.append(
-            f"| {measure.name} | {measure.median:.2f} | {measure.median / floor.median:.2f} |"
+            f"| {measure.name} | {measure.median:.2f} | {measure.median / floor.median:.3f} |"
+            f" {measure.paired_ratio(floor):.3f} | {measure.cpu_median / floor.cpu_median:.3f} |"
             f" {measure.memory_mib:.0f} | {sizes.get(measure.name, '')} |"
         )
     return lines
@@ -595,6 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--third-party", action="store_true", help="also the real suite (" + THIRD_PARTY + ")"
     )
     args = parser.parse_args(argv)
+    options = argv if argv is not None else sys.argv[1:]
 
     WORK.mkdir(exist_ok=True)
     started = time.time()
@@ -607,12 +624,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = [
         "# Benchmark results",
         "",
-        f"Written by `python benchmarks/run.py{' --large' if args.large else ''}`"
+        f"Written by `python benchmarks/run.py {' '.join(options)}`"
         f" on {time.strftime('%Y-%m-%d', time.gmtime())}.",
         "",
         f"Machine: {machine(peers)}.",
-        f"Medians of {args.repeat} interleaved runs after a warm-up; ratios against the"
-        " floor of each table.",
+        f"Medians of {args.repeat} interleaved runs after a warm-up, wall time; ratios against"
+        " the floor of each table: of the medians ('x floor'), the median of the per-round"
+        " ratios ('paired': a round's commands ran back to back, so the machine's drift"
+        " between rounds cancels) and of the median CPU times (user and system, xdist's"
+        " workers included).",
     ]
     for spec in specs:
         suite = generate_suite(spec)
