@@ -133,8 +133,13 @@ class Recorder:
         self.run_id: int | None = None
         self.disabled = False
         self._progress: dict[str, _TestProgress] = {}
+        #: Reports not yet turned into results: they are read a batch at a time,
+        #: when a write is due, so that the reading runs warm in the processor's
+        #: caches instead of cold between two tests (pytest keeps the reports anyway).
+        self._reports: list[pytest.TestReport] = []
         self._pending: list[PendingResult] = []
-        self._last_flush = self._clock()
+        #: When the next write is due (by ``clock``); never before the run exists.
+        self._next_write = float("inf")
         #: node id -> its first position in the selection; a list only for a node id
         #: selected several times (--keep-duplicates): a list per test would be
         #: thousands of objects more for the garbage collector to count and scan.
@@ -187,10 +192,12 @@ class Recorder:
             " next session against this store, or by 'pytest-runs sync'"
         )
         self._drop_store()
+        self._next_write = self._clock() + self._flush_interval
         return True
 
     def _fail(self, exc: Exception) -> None:
         self.disabled = True
+        self._reports.clear()
         self._pending.clear()
         self._warn(f"{exc}; this session is not recorded (tests run as usual)")
         self._drop_store()
@@ -219,6 +226,7 @@ class Recorder:
         """
         if self.disabled:
             return None
+        self._read_reports()
         positions: dict[str, int | list[int]] = {}
         for position, test in enumerate(selection.tests):
             first = positions.setdefault(test.nodeid, position)
@@ -252,7 +260,7 @@ class Recorder:
                 return None
             self._fail(exc)
             return None
-        self._last_flush = self._clock()
+        self._next_write = self._clock() + self._flush_interval
         self.flush()
         return self.run_id
 
@@ -261,8 +269,18 @@ class Recorder:
     def add_test_report(self, report: pytest.TestReport) -> None:
         if self.disabled:
             return
+        self._reports.append(report)
+        if self._clock() >= self._next_write:
+            self.flush()
+
+    def _read_reports(self) -> None:
+        """Turn the reports received so far into results."""
+        if not self._reports:
+            return
+        reports, self._reports = self._reports, []
         try:
-            self._add_test_report(report)
+            for report in reports:
+                self._add_test_report(report)
         except Exception as exc:  # never let recording break the session
             self._fail(exc)
 
@@ -384,17 +402,17 @@ class Recorder:
         if self._on_result is not None:
             self._on_result(result[0], outcome)
         self._pending.append(result)
-        if self.started and self._clock() - self._last_flush >= self._flush_interval:
-            self.flush()
 
     def counts(self) -> Counts:
         """Outcomes so far, with ``not_run`` for selected tests that did not report."""
+        self._read_reports()
         counts = dict(self._counts)
         counts["not_run"] += self._selection_size - len(self._placed)
         return counts
 
     @property
     def has_pending_results(self) -> bool:
+        self._read_reports()
         return bool(self._pending)
 
     def _take_pending(self) -> list[Result]:
@@ -403,10 +421,10 @@ class Recorder:
         return batch
 
     def flush(self) -> None:
-        if not self._pending:
-            return
         with collector_paused():
-            self._flush()
+            self._read_reports()
+            if self._pending:
+                self._flush()
 
     def _flush(self) -> None:
         if self.spool is not None:
@@ -415,7 +433,7 @@ class Recorder:
                 self.spool.add_results(batch)
             except Exception as exc:
                 self._fail(exc)
-            self._last_flush = self._clock()
+            self._next_write = self._clock() + self._flush_interval
             return
         if self.store is None or self.run_id is None:
             return
@@ -429,10 +447,11 @@ class Recorder:
         except Exception as exc:
             if not self._spool_instead(exc, batch):
                 self._fail(exc)
-        self._last_flush = self._clock()
+        self._next_write = self._clock() + self._flush_interval
 
     def finish(self, finish: RunFinish) -> None:
         with collector_paused():
+            self._read_reports()
             self._finish(finish)
 
     def _finish(self, finish: RunFinish) -> None:

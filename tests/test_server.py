@@ -598,6 +598,7 @@ def test_webhooks_are_signed_retried_and_can_be_silenced(tmp_path: Path) -> None
     finally:
         server.stop()
         receiver.shutdown()
+        receiver.server_close()
 
 
 # -- the command line and the package ----------------------------------------------------------

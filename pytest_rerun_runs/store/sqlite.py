@@ -312,6 +312,16 @@ def encode_selection(tests: Sequence[SelectedTest]) -> bytes:
     return zlib.compress(json.dumps(payload, separators=(",", ":")).encode(), 5)
 
 
+@functools.cache
+def _insert_statement(worker: bool, longrepr: bool, outside: bool) -> str:
+    """The insert of results that have a worker, a text, a place outside the selection
+    (node id and file stored), or not."""
+    columns = "run_id, position, outcome, phase, setup_us, call_us, teardown_us, rerun_attempts"
+    columns += ", worker" * worker + ", longrepr" * longrepr + ", nodeid, file" * outside
+    marks = ", ".join("?" * (columns.count(",") + 1))
+    return f"INSERT OR IGNORE INTO results ({columns}) VALUES ({marks})"
+
+
 def same_selection(stored: bytes, blob: bytes) -> bool:
     """Whether two encoded selections hold the same tests (compared uncompressed:
     another version may have compressed them at another level)."""
@@ -698,44 +708,6 @@ class SqliteStore:
                     )
         return self.get_summary(run_id)
 
-    @staticmethod
-    def _rows(run_id: int, results: Sequence[Result], size: int) -> list[tuple[Any, ...]]:
-        # The selection already names the selected tests: node id and file are
-        # stored only for results outside it.
-        outcome_code, phase_code = _OUTCOME_CODE, _PHASE_CODE
-        rows = []
-        for (
-            nodeid,
-            outcome,
-            when,
-            setup,
-            call,
-            teardown,
-            worker,
-            longrepr,
-            rerun_attempts,
-            file,
-            position,
-        ) in results:
-            outside = position >= size
-            rows.append(
-                (
-                    run_id,
-                    position,
-                    outcome_code[outcome],
-                    phase_code[when],
-                    round(setup * 1_000_000),
-                    round(call * 1_000_000),
-                    round(teardown * 1_000_000),
-                    worker,
-                    longrepr,
-                    rerun_attempts,
-                    nodeid if outside else None,
-                    (file or nodeid.split("::")[0]) if outside else None,
-                )
-            )
-        return rows
-
     def _open_run(
         self, connection: sqlite3.Connection, run_id: int, results: Sequence[Result]
     ) -> tuple[int, bool]:
@@ -779,10 +751,54 @@ class SqliteStore:
         return nodeids
 
     @staticmethod
-    def _insert(connection: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-        connection.executemany(
-            "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-        )
+    def _insert(
+        connection: sqlite3.Connection, run_id: int, results: Sequence[Result], size: int
+    ) -> None:
+        """Insert ``results`` (a position stored already is left as it is).
+
+        Columns left NULL are not bound: binding ``None`` costs Python's sqlite3
+        module a failed adapter lookup, and most results have no worker, no text,
+        and (inside the selection, which names them) no node id or file.
+        """
+        outcome_code, phase_code = _OUTCOME_CODE, _PHASE_CODE
+        groups: dict[tuple[bool, bool, bool], list[tuple[Any, ...]]] = {}
+        for (
+            nodeid,
+            outcome,
+            when,
+            setup,
+            call,
+            teardown,
+            worker,
+            longrepr,
+            rerun_attempts,
+            file,
+            position,
+        ) in results:
+            row: tuple[Any, ...] = (
+                run_id,
+                position,
+                outcome_code[outcome],
+                phase_code[when],
+                round(setup * 1_000_000),
+                round(call * 1_000_000),
+                round(teardown * 1_000_000),
+                rerun_attempts,
+            )
+            if worker is not None:
+                row += (worker,)
+            if longrepr is not None:
+                row += (longrepr,)
+            outside = position >= size
+            if outside:
+                row += (nodeid, file or nodeid.split("::")[0])
+            key = (worker is not None, longrepr is not None, outside)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = []
+            group.append(row)
+        for key, rows in groups.items():
+            connection.executemany(_insert_statement(*key), rows)
 
     def append_results(self, run_id: int, results: Sequence[Result]) -> None:
         if not results:
@@ -791,7 +807,7 @@ class SqliteStore:
             size, still_open = self._open_run(connection, run_id, results)
             if not still_open:
                 return
-            self._insert(connection, self._rows(run_id, results, size))
+            self._insert(connection, run_id, results, size)
             connection.execute(
                 "UPDATE runs SET last_seen_at = ? WHERE id = ?", (time.time(), run_id)
             )
@@ -801,7 +817,7 @@ class SqliteStore:
             size, still_open = self._open_run(connection, run_id, results)
             if not still_open:
                 return
-            self._insert(connection, self._rows(run_id, results, size))
+            self._insert(connection, run_id, results, size)
             counts = self._live_counts(run_id, size)
             assignments = [
                 "status = ?",
@@ -1083,7 +1099,7 @@ class SqliteStore:
             run_id = cursor.lastrowid
             assert run_id is not None
             results = imported_results(run)
-            self._insert(connection, self._rows(run_id, results, size))
+            self._insert(connection, run_id, results, size)
             # Counts come from the results, never from what the file says.
             counts = self._live_counts(run_id, size)
             connection.execute(
