@@ -242,12 +242,22 @@ class RecordingPlugin:
         rootdir = str(self.config.rootpath)
         files: dict[Any, str] = {}
         selection = []
+        # Items come grouped by file, sharing their file's path object: the
+        # previous item's file is looked up again only when the path changes.
+        last_path: Any = None
+        file = ""
         for item in session.items:
             path = item.path
-            file = files.get(path)
-            if file is None:
-                file = files[path] = clean_text(relative_file(path, rootdir))
-            selection.append(SelectedTest(clean_text(item.nodeid), file))
+            if path is not last_path:
+                last_path = path
+                known = files.get(path)
+                if known is None:
+                    known = files[path] = clean_text(relative_file(path, rootdir))
+                file = known
+            nodeid = item.nodeid
+            if not nodeid.isascii() or "\0" in nodeid:
+                nodeid = clean_text(nodeid)
+            selection.append(SelectedTest(nodeid, file))
         return selection
 
     @pytest.hookimpl(optionalhook=True)
