@@ -7,6 +7,7 @@ subprocess (``git`` would cost tens of milliseconds at every session start).
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -235,9 +236,8 @@ def tree_fingerprint(start: Path, files: Iterable[str] = ()) -> str | None:
             digest.update(
                 f"\0{test_file}\0{status.st_size}\0{status.st_mtime_ns}".encode(errors="replace")
             )
-        for path, content in changed:
-            digest.update(b"\0" + os.fsencode(path) + b"\0")
-            digest.update(b"deleted" if content is None else hashlib.sha256(content).digest())
+        for path, content_digest in changed:
+            digest.update(b"\0" + os.fsencode(path) + b"\0" + content_digest)
         return f"git:{digest.hexdigest()[:32]}"
     count = 0
     for directory, names, entries in os.walk(start):
@@ -268,11 +268,12 @@ def tree_fingerprint(start: Path, files: Iterable[str] = ()) -> str | None:
 
 def _changed_tracked_files(
     git_dir: Path, worktree: Path | None
-) -> tuple[list[tuple[Path, bytes | None]], set[bytes]] | None:
-    """Tracked files whose content differs from the index, with that content
-    (``None``: deleted), and the names of all tracked files; ``None`` when the
-    index cannot be read cheaply (absent, unknown version, too large, a linked
-    worktree whose checkout is elsewhere).
+) -> tuple[list[tuple[Path, bytes]], set[bytes]] | None:
+    """Tracked files whose content differs from the index, with the SHA-256 of that
+    content (``b"deleted"`` for a file that is gone), and the names of all tracked
+    files; ``None`` when the index cannot be read cheaply (absent, unknown
+    version, too large, a linked worktree whose checkout is elsewhere, a
+    repository of SHA-256 object ids).
 
     As ``git status`` does, a file is read only when its size or mtime differs
     from the index, and then compared by its blob id: a file touched but not
@@ -284,6 +285,12 @@ def _changed_tracked_files(
     if worktree is None:
         return None
     try:
+        config = (git_dir / "config").read_text(errors="replace")
+    except OSError:
+        config = ""
+    if re.search(r"^\s*objectformat\s*=\s*sha256\s*$", config, re.IGNORECASE | re.MULTILINE):
+        return None  # index entries hold 32-byte ids: not read here
+    try:
         data = (git_dir / "index").read_bytes()
     except OSError:
         return None
@@ -292,7 +299,7 @@ def _changed_tracked_files(
     version, count = struct.unpack(">II", data[4:12])
     if version not in (2, 3, 4) or count > FINGERPRINT_FILE_LIMIT:
         return None
-    changed: list[tuple[Path, bytes | None]] = []
+    changed: list[tuple[Path, bytes]] = []
     base = os.fspath(worktree)
     tracked: set[bytes] = set()
     offset, previous = 12, b""
@@ -330,7 +337,7 @@ def _changed_tracked_files(
             try:
                 status = os.lstat(path)
             except OSError:
-                changed.append((Path(path), None))
+                changed.append((Path(path), b"deleted"))
                 continue
             if (
                 status.st_size & 0xFFFFFFFF == size
@@ -344,11 +351,11 @@ def _changed_tracked_files(
                 else:
                     content = Path(path).read_bytes()
             except OSError:
-                changed.append((Path(path), None))
+                changed.append((Path(path), b"deleted"))
                 continue
             blob_id = hashlib.sha1(b"blob %d\0" % len(content) + content, usedforsecurity=False)
             if blob_id.digest() != data[start + 40 : start + 60]:
-                changed.append((Path(path), content))
+                changed.append((Path(path), hashlib.sha256(content).digest()))
     except (struct.error, ValueError, IndexError):
         return None
     return changed, tracked

@@ -227,6 +227,8 @@ class Recorder:
         if self.disabled:
             return None
         self._read_reports()
+        if self.disabled:  # a report received so far could not be read
+            return None
         positions: dict[str, int | list[int]] = {}
         for position, test in enumerate(selection.tests):
             first = positions.setdefault(test.nodeid, position)
@@ -332,7 +334,9 @@ class Recorder:
             progress.when = when if when in ("setup", "teardown") else "crash"
             progress.longrepr = report.longreprtext
 
-        if when == "teardown" or progress.when == "crash":
+        # The teardown report ends a test, and so does an xdist worker's crash
+        # report (when="???"), even after a failure that is kept as the outcome.
+        if when not in ("setup", "call"):
             if progress.rerun_pending:
                 progress.rerun_pending = False
                 return

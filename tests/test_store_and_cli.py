@@ -190,6 +190,37 @@ def test_results_waiting_for_their_write_are_not_tracked_by_the_garbage_collecto
     assert store.finished == [100]
 
 
+class UnreadableReport(pytest.TestReport):
+    @property
+    def longreprtext(self) -> str:
+        raise RuntimeError("report unreadable")
+
+
+def test_a_report_that_cannot_be_read_before_the_run_exists_records_nothing() -> None:
+    store = CountingStore()
+    warnings: list[str] = []
+    recorder = Recorder(lambda: store, warnings.append, clock=lambda: 0.0)  # type: ignore[arg-type,return-value]
+    recorder.add_test_report(
+        UnreadableReport("f.py::t0", ("f.py", 0, "t0"), {}, "failed", None, "call")
+    )
+    selection = Selection([SelectedTest("f.py::t0", "f.py")])
+    assert recorder.start(lambda store: make_new_run(), selection) is None
+    recorder.finish(RunFinish(exit_status=1, finished_at=1.0))
+    assert store.finished == []
+    assert warnings == ["report unreadable; this session is not recorded (tests run as usual)"]
+
+
+def test_an_xdist_worker_crash_after_a_failure_ends_the_test_as_failed() -> None:
+    store = CountingStore()
+    recorder = Recorder(lambda: store, lambda message: None, clock=lambda: 0.0)  # type: ignore[arg-type,return-value]
+    recorder.start(lambda store: make_new_run(), Selection([SelectedTest("f.py::t0", "f.py")]))
+    recorder.add_test_report(report("f.py::t0", "setup"))
+    recorder.add_test_report(report("f.py::t0", "call", "failed"))
+    recorder.add_test_report(report("f.py::t0", "???", "failed"))  # the worker died in teardown
+    counts = recorder.counts()
+    assert (counts["failed"], counts["not_run"]) == (1, 0)
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_the_collector_is_paused_only_while_a_batch_exists(enabled: bool) -> None:
     was_enabled = gc.isenabled()
@@ -334,6 +365,15 @@ def test_a_symlinked_test_file_is_fingerprinted_as_its_target(tmp_path: Path) ->
     assert before == tree_fingerprint(tmp_path, [])
     edit(target, "def test_a(): assert 1\n")
     assert tree_fingerprint(tmp_path, ["test_link.py"]) != before
+
+
+def test_a_repository_of_sha256_ids_is_not_fingerprinted(tmp_path: Path) -> None:
+    (tmp_path / "test_a.py").write_text("def test_a(): pass\n")
+    git(tmp_path, "init", "-q", "--object-format=sha256")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-qm", "first")
+    # Its index holds 32-byte ids, which the fingerprint does not read: no evidence.
+    assert tree_fingerprint(tmp_path, ["test_a.py"]) is None
 
 
 def test_without_git_the_fingerprint_is_of_code_and_configuration(tmp_path: Path) -> None:

@@ -231,6 +231,25 @@ def test_a_batch_sent_twice_is_stored_once(store: RunStore, other_store: RunStor
     assert run.summary.counts["not_run"] == 1
 
 
+def test_a_position_given_twice_in_one_batch_keeps_the_first_result(store: RunStore) -> None:
+    run_id = store.create_run(make_new_run(), ABC)
+    store.append_results(
+        run_id,
+        [
+            Result("t.py::a", "passed", "call", position=0),
+            Result("t.py::b", "failed", "call", longrepr="it broke", position=1),
+            Result("t.py::b", "passed", "call", position=1),
+        ],
+    )
+    run = store.get_run(run_id)
+    assert outcomes_of(run) == [
+        ("t.py::a", "passed"),
+        ("t.py::b", "failed"),
+        ("t.py::c", "not_run"),
+    ]
+    assert run.results[1].longrepr == "it broke"
+
+
 def test_duplicated_node_ids_keep_a_result_each(store: RunStore) -> None:
     twice = Selection([SelectedTest("t.py::a", "t.py"), SelectedTest("t.py::a", "t.py")])
     run_id = store.create_run(make_new_run(), twice)

@@ -762,6 +762,9 @@ class SqliteStore:
         """
         outcome_code, phase_code = _OUTCOME_CODE, _PHASE_CODE
         groups: dict[tuple[bool, bool, bool], list[tuple[Any, ...]]] = {}
+        # The groups are inserted one after the other: of a position given twice in
+        # one batch, the first result stands, as it does across batches.
+        seen: set[int] = set()
         for (
             nodeid,
             outcome,
@@ -775,6 +778,9 @@ class SqliteStore:
             file,
             position,
         ) in results:
+            if position in seen:
+                continue
+            seen.add(position)
             row: tuple[Any, ...] = (
                 run_id,
                 position,
