@@ -258,7 +258,6 @@ class Recorder:
                 self.close()
                 raise
             if claim is None and self._spool_instead(exc, self._take_pending()):
-                self._pending = []
                 return None
             self._fail(exc)
             return None

@@ -137,8 +137,6 @@ class RecordingPlugin:
         self.uploaded: list[tuple[str, int]] = []
         self.created_at = time.time()
         self.deselected = 0
-        #: The selection while the run is created (dropped after: see ``_start``).
-        self.selection: list[SelectedTest] | None = None
         #: A retry's selected node ids, for its mode at the end.
         self.selected_nodeids: set[str] = set()
         self.collected = False
@@ -302,7 +300,7 @@ class RecordingPlugin:
 
         return retry_mode(retry.plan, self.selected_nodeids, self.missing)
 
-    def _new_run(self, store: RunStore) -> NewRun:
+    def _new_run(self, store: RunStore, tests: list[SelectedTest]) -> NewRun:
         """The run this session records; a run file's run is imported first."""
         source_run_id, root_run_id, attempt, reason = None, None, 1, None
         retry = self.retry
@@ -319,7 +317,7 @@ class RecordingPlugin:
                 self.imported_source_id = local_id
                 source_run_id, root_run_id = local_id, imported.root_run_id
                 attempt = imported.attempt + 1
-        files = {test.file for test in self.selection or ()}
+        files = {test.file for test in tests}
         self.invocation = session_invocation(self.config, files)
         return NewRun(
             uid=new_uid(),
@@ -340,26 +338,20 @@ class RecordingPlugin:
         if self.retry is not None:
             self.selected_nodeids = {test.nodeid for test in tests}
         # One named tuple per test, which the garbage collector tracks as long as it
-        # lives: the selection is let go once the run is created.
-        self.selection = tests
-        try:
-            self._create_run(tests)
-        finally:
-            self.selection = None
-
-    def _create_run(self, tests: list[SelectedTest]) -> None:
+        # lives: nothing here keeps the selection once the run is created.
         claim = self.source.claim if self.source is not None else None
         if claim is not None and self.source is not None:
             # The queued run holds its selection: results take their positions in
             # it, and tests it does not name come after it.
             stored = Selection(tests=list(self.source.run.selection))
             try:
-                self.recorder.start(self._new_run, stored, claim=claim)
+                self.recorder.start(lambda store: self._new_run(store, tests), stored, claim=claim)
             except RunsError as exc:  # another session claimed it first
                 raise pytest.UsageError(f"--retry-run {claim}: {exc}") from None
             return
         self.recorder.start(
-            self._new_run, Selection(tests=tests, deselected=self.deselected, missing=self.missing)
+            lambda store: self._new_run(store, tests),
+            Selection(tests=tests, deselected=self.deselected, missing=self.missing),
         )
 
     # -- running ------------------------------------------------------------------

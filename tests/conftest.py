@@ -181,3 +181,13 @@ def postgres_url(postgres_database: str) -> str:
     with psycopg.connect(postgres_database, autocommit=True) as connection:
         connection.execute(f'CREATE SCHEMA "{schema}"')
     return f"{postgres_database}?options=-csearch_path%3D{schema}"
+
+
+def git(directory: Path, *args: str) -> None:
+    """Run git in ``directory`` with an identity of its own."""
+    subprocess.run(
+        ["git", "-c", "user.email=t@example.org", "-c", "user.name=t", *args],
+        cwd=directory,
+        check=True,
+        capture_output=True,
+    )

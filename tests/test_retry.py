@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_rerun_runs.store import Selection, hostname, open_store
-from tests.conftest import RunDict, kill_at_gate, make_new_run, outcomes
+from tests.conftest import RunDict, git, kill_at_gate, make_new_run, outcomes
 
 SUITE = {
     "test_a": """
@@ -649,15 +649,6 @@ def test_flaky():
     open({marker!r}, "w").close()
     assert not first
 """
-
-
-def git(directory: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.email=t@example.org", "-c", "user.name=t", *args],
-        cwd=directory,
-        check=True,
-        capture_output=True,
-    )
 
 
 @pytest.mark.parametrize("with_git", [True, False])

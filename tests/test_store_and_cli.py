@@ -22,7 +22,7 @@ from pytest_rerun_runs.store import (
     Selection,
     open_store,
 )
-from tests.conftest import RunDict, make_new_run, run_cli
+from tests.conftest import RunDict, git, make_new_run, run_cli
 
 # -- where the store is -------------------------------------------------------
 
@@ -305,20 +305,6 @@ def test_no_git_repository(tmp_path: Path) -> None:
     assert git_info(tmp_path) == GitInfo()
 
 
-def git(repository: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        cwd=repository,
-        check=True,
-        capture_output=True,
-    )
-
-
-def edit(path: Path, text: str) -> None:
-    """Write ``text`` with another size, so that its status tells the change."""
-    path.write_text(text)
-
-
 def test_the_tree_fingerprint_follows_what_tests_can_see(tmp_path: Path) -> None:
     (tmp_path / "lib.py").write_text("x = 1\n")
     (tmp_path / "tests").mkdir()
@@ -329,23 +315,24 @@ def test_the_tree_fingerprint_follows_what_tests_can_see(tmp_path: Path) -> None
     (tmp_path / "tests" / "test_new.py").write_text("def test_b(): pass\n")
     (tmp_path / "notes.txt").write_text("not a test file\n")
     files = ["tests/test_tracked.py", "tests/test_new.py"]
+    # Every edit below changes a file's size, so that its status tells the change.
 
     clean = tree_fingerprint(tmp_path, files)
     assert clean is not None
     assert clean.startswith("git:")
     assert tree_fingerprint(tmp_path, files) == clean
     # An untracked file that is not a test file of the run changes nothing.
-    edit(tmp_path / "notes.txt", "still not a test file\n")
+    (tmp_path / "notes.txt").write_text("still not a test file\n")
     assert tree_fingerprint(tmp_path, files) == clean
     # An untracked test file of the run counts by its size and time.
-    edit(tmp_path / "tests" / "test_new.py", "def test_b(): assert 1\n")
+    (tmp_path / "tests" / "test_new.py").write_text("def test_b(): assert 1\n")
     untracked_edit = tree_fingerprint(tmp_path, files)
     assert untracked_edit != clean
     # A tracked file counts by its content.
-    edit(tmp_path / "lib.py", "x = 22\n")
+    (tmp_path / "lib.py").write_text("x = 22\n")
     tracked_edit = tree_fingerprint(tmp_path, files)
     assert tracked_edit not in (clean, untracked_edit)
-    edit(tmp_path / "lib.py", "x = 1\n")
+    (tmp_path / "lib.py").write_text("x = 1\n")
     assert tree_fingerprint(tmp_path, files) == untracked_edit
     # A commit is a change, whatever the files hold.
     git(tmp_path, "commit", "-qm", "second", "--allow-empty")
@@ -363,7 +350,7 @@ def test_a_symlinked_test_file_is_fingerprinted_as_its_target(tmp_path: Path) ->
     before = tree_fingerprint(tmp_path, ["test_link.py"])
     # The link points at a tracked file: only its content counts, as for that file.
     assert before == tree_fingerprint(tmp_path, [])
-    edit(target, "def test_a(): assert 1\n")
+    target.write_text("def test_a(): assert 1\n")
     assert tree_fingerprint(tmp_path, ["test_link.py"]) != before
 
 
@@ -382,9 +369,9 @@ def test_without_git_the_fingerprint_is_of_code_and_configuration(tmp_path: Path
     first = tree_fingerprint(tmp_path, ["test_a.py"])
     assert first is not None
     assert first.startswith("files:")
-    edit(tmp_path / "output.log", "written again by a test\n")
+    (tmp_path / "output.log").write_text("written again by a test\n")
     assert tree_fingerprint(tmp_path, ["test_a.py"]) == first
-    edit(tmp_path / "test_a.py", "def test_a(): assert 1\n")
+    (tmp_path / "test_a.py").write_text("def test_a(): assert 1\n")
     assert tree_fingerprint(tmp_path, ["test_a.py"]) != first
 
 
