@@ -280,10 +280,83 @@ class Recorder:
             return
         reports, self._reports = self._reports, []
         try:
-            for report in reports:
-                self._add_test_report(report)
+            self._read(reports)
         except Exception as exc:  # never let recording break the session
             self._fail(exc)
+
+    def _read(self, reports: list[pytest.TestReport]) -> None:
+        """Most tests are three passing reports in a row: each such test is read
+        as a whole; every other report goes through :meth:`_add_test_report`."""
+        index, count = 0, len(reports)
+        progress, positions, placed = self._progress, self._positions, self._placed
+        started = self.started
+        passed: list[PendingResult] = []
+        while index < count:
+            setup = reports[index]
+            if index + 2 < count and setup.when == "setup" and setup.outcome == "passed":
+                call, teardown = reports[index + 1], reports[index + 2]
+                location = setup.location
+                if (
+                    # pytest builds the reports of one item with the item's cached
+                    # ``location`` tuple (checked on pytest 8.0 to 9.2), so sharing it
+                    # means one test; reports that crossed a process (xdist) share
+                    # nothing and are read one by one.
+                    type(location) is tuple
+                    and call.location is location
+                    and teardown.location is location
+                    and call.when == "call"
+                    and call.outcome == "passed"
+                    and teardown.when == "teardown"
+                    and teardown.outcome == "passed"
+                    and "wasxfail" not in call.__dict__
+                ):
+                    nodeid = teardown.nodeid
+                    if not nodeid.isascii():
+                        nodeid = clean_text(nodeid)
+                    if not progress or nodeid not in progress:
+                        index += 3
+                        position: int | None = -1
+                        if started:
+                            first = positions.get(nodeid)
+                            if type(first) is int and first not in placed:
+                                placed.add(first)
+                                position = first
+                            else:
+                                position = self._position(nodeid)
+                        if position is not None:
+                            passed.append(
+                                (
+                                    nodeid,
+                                    "passed",
+                                    "call",
+                                    setup.duration,
+                                    call.duration,
+                                    teardown.duration,
+                                    teardown.__dict__.get("worker_id"),
+                                    None,
+                                    0,
+                                    None,
+                                    position,
+                                )
+                            )
+                        continue
+            if passed:
+                self._add_passed(passed)
+                passed = []
+            self._add_test_report(setup)
+            index += 1
+        if passed:
+            self._add_passed(passed)
+
+    def _add_passed(self, results: list[PendingResult]) -> None:
+        """Add results that all passed, in their order."""
+        if self.disabled:
+            return
+        self._counts["passed"] += len(results)
+        if self._on_result is not None:
+            for result in results:
+                self._on_result(result[0], "passed")
+        self._pending.extend(results)
 
     def _add_test_report(self, report: pytest.TestReport) -> None:
         nodeid = report.nodeid

@@ -5,12 +5,14 @@ from __future__ import annotations
 import sqlite3
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunDict, outcomes
+from pytest_rerun_runs.recorder import Recorder
+from pytest_rerun_runs.store import NewRun, Result, RunFinish, SelectedTest, Selection
+from tests.conftest import RunDict, make_new_run, outcomes
 
 SHAPES = '''
 import unittest
@@ -213,6 +215,113 @@ def test_every_outcome_shape_matches_pytest(
             result.stdout.fnmatch_lines([f"FAILED {nodeid.replace('[', '[[]')}*"])
         if outcome == "xpassed":
             result.stdout.fnmatch_lines([f"XPASS {nodeid}*"])
+
+
+class ReportKeeper:
+    """Keeps every test report of an in-process session, as pytest made them."""
+
+    def __init__(self) -> None:
+        self.reports: list[pytest.TestReport] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.reports.append(report)
+
+
+class ResultStore:
+    """A store that keeps the results written to it."""
+
+    location = "memory"
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+
+    def create_run(self, new_run: NewRun, selection: Selection) -> int:
+        return 1
+
+    def append_results(self, run_id: int, results: Sequence[Result]) -> None:
+        self.results.extend(results)
+
+    def finish_run(self, run_id: int, finish: RunFinish, results: Sequence[Result] = ()) -> None:
+        self.results.extend(results)
+
+    def cancel_requested(self, run_id: int) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_reports_read_in_batches_give_the_results_read_one_at_a_time(
+    shapes: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch reads each test of three passing reports as a whole; the result
+    # must be the one reading its reports one by one gives, whatever surrounds it.
+    shapes.makepyfile(
+        test_reruns="""
+        import pytest
+        attempts = []
+
+        @pytest.mark.flaky(reruns=2)
+        def test_flaky():
+            attempts.append(1)
+            assert len(attempts) > 1
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_after_rerun(n):
+            pass
+        """
+    )
+    keeper = ReportKeeper()
+    shapes.runpytest(
+        "-p",
+        "no:rerun_runs",
+        "-p",
+        "rerunfailures",
+        "--doctest-modules",
+        "--continue-on-collection-errors",
+        plugins=[keeper],
+    )
+    reports = keeper.reports
+    nodeids = list(dict.fromkeys(report.nodeid for report in reports))
+    selection = Selection([SelectedTest(nodeid, nodeid.split("::")[0]) for nodeid in nodeids])
+
+    def recorded(batched: bool) -> list[Result]:
+        store = ResultStore()
+        now = [0.0]
+
+        def clock() -> float:
+            if not batched:
+                now[0] += 1.0  # every report is due for a write, read alone
+            return now[0]
+
+        warnings: list[str] = []
+        recorder = Recorder(lambda: store, warnings.append, clock=clock)  # type: ignore[arg-type,return-value]
+        recorder.start(lambda store: make_new_run(), selection)
+        for report in reports:
+            recorder.add_test_report(report)
+        recorder.finish(RunFinish(exit_status=1, finished_at=1.0))
+        assert warnings == []
+        return store.results
+
+    read_alone: list[pytest.TestReport] = []
+    add_test_report = Recorder._add_test_report
+
+    def counting(recorder: Recorder, report: pytest.TestReport) -> None:
+        read_alone.append(report)
+        add_test_report(recorder, report)
+
+    monkeypatch.setattr(Recorder, "_add_test_report", counting)
+    expected = recorded(batched=False)
+    assert len(read_alone) == len(reports)
+    read_alone.clear()
+    assert recorded(batched=True) == expected
+    assert len(expected) == len(nodeids)
+    # Each test that passed without a rerun was read as a whole; nothing else was.
+    plain = [
+        r for r in expected if r.outcome == "passed" and r.rerun_attempts == 0 and not r.longrepr
+    ]
+    assert len(plain) >= 12
+    assert len(read_alone) == len(reports) - 3 * len(plain)
 
 
 def test_failure_and_skip_text_is_recorded(

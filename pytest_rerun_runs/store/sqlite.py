@@ -312,14 +312,20 @@ def encode_selection(tests: Sequence[SelectedTest]) -> bytes:
     return zlib.compress(json.dumps(payload, separators=(",", ":")).encode(), 5)
 
 
+#: Results without a worker, a text or a place outside the selection, inserted
+#: by one statement of this many rows (a statement per row costs its own step).
+_ROWS_PER_INSERT = 50
+_COMMON_COLUMNS = 8
+
+
 @functools.cache
-def _insert_statement(worker: bool, longrepr: bool, outside: bool) -> str:
-    """The insert of results that have a worker, a text, a place outside the selection
-    (node id and file stored), or not."""
+def _insert_statement(worker: bool, longrepr: bool, outside: bool, rows: int = 1) -> str:
+    """The insert of ``rows`` results that have a worker, a text, a place outside the
+    selection (node id and file stored), or not."""
     columns = "run_id, position, outcome, phase, setup_us, call_us, teardown_us, rerun_attempts"
     columns += ", worker" * worker + ", longrepr" * longrepr + ", nodeid, file" * outside
-    marks = ", ".join("?" * (columns.count(",") + 1))
-    return f"INSERT OR IGNORE INTO results ({columns}) VALUES ({marks})"
+    marks = "(" + ", ".join("?" * (columns.count(",") + 1)) + ")"
+    return f"INSERT OR IGNORE INTO results ({columns}) VALUES {', '.join([marks] * rows)}"
 
 
 def same_selection(stored: bytes, blob: bytes) -> bool:
@@ -758,12 +764,14 @@ class SqliteStore:
 
         Columns left NULL are not bound: binding ``None`` costs Python's sqlite3
         module a failed adapter lookup, and most results have no worker, no text,
-        and (inside the selection, which names them) no node id or file.
+        and (inside the selection, which names them) no node id or file. Those
+        common results go :data:`_ROWS_PER_INSERT` to a statement.
         """
         outcome_code, phase_code = _OUTCOME_CODE, _PHASE_CODE
+        common: list[Any] = []
         groups: dict[tuple[bool, bool, bool], list[tuple[Any, ...]]] = {}
-        # The groups are inserted one after the other: of a position given twice in
-        # one batch, the first result stands, as it does across batches.
+        # Of a position given twice in one batch the first result stands, as it
+        # does across batches (the groups are inserted one after the other).
         seen: set[int] = set()
         for (
             nodeid,
@@ -791,11 +799,14 @@ class SqliteStore:
                 round(teardown * 1_000_000),
                 rerun_attempts,
             )
+            outside = position >= size
+            if worker is None and longrepr is None and not outside:
+                common += row
+                continue
             if worker is not None:
                 row += (worker,)
             if longrepr is not None:
                 row += (longrepr,)
-            outside = position >= size
             if outside:
                 row += (nodeid, file or nodeid.split("::")[0])
             key = (worker is not None, longrepr is not None, outside)
@@ -803,6 +814,19 @@ class SqliteStore:
             if group is None:
                 group = groups[key] = []
             group.append(row)
+        if common:
+            width = _ROWS_PER_INSERT * _COMMON_COLUMNS
+            whole = len(common) - len(common) % width
+            if whole:
+                connection.executemany(
+                    _insert_statement(False, False, False, _ROWS_PER_INSERT),
+                    [common[start : start + width] for start in range(0, whole, width)],
+                )
+            if whole < len(common):
+                rest = common[whole:]
+                connection.execute(
+                    _insert_statement(False, False, False, len(rest) // _COMMON_COLUMNS), rest
+                )
         for key, rows in groups.items():
             connection.executemany(_insert_statement(*key), rows)
 
