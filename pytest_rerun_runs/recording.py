@@ -39,6 +39,7 @@ from pytest_rerun_runs.store import (
     new_uid,
     open_store,
     redact_url,
+    selected_tests,
     store_scheme,
 )
 from pytest_rerun_runs.text import escape, summarize
@@ -238,8 +239,9 @@ class RecordingPlugin:
 
     def _selected_items(self, session: pytest.Session) -> list[SelectedTest]:
         rootdir = str(self.config.rootpath)
-        files: dict[Any, str] = {}
-        selection = []
+        known: dict[Any, str] = {}
+        nodeids = []
+        files = []
         # Items come grouped by file, sharing their file's path object: the
         # previous item's file is looked up again only when the path changes.
         last_path: Any = None
@@ -248,15 +250,16 @@ class RecordingPlugin:
             path = item.path
             if path is not last_path:
                 last_path = path
-                known = files.get(path)
-                if known is None:
-                    known = files[path] = clean_text(relative_file(path, rootdir))
-                file = known
+                found = known.get(path)
+                if found is None:
+                    found = known[path] = clean_text(relative_file(path, rootdir))
+                file = found
             nodeid = item.nodeid
             if not nodeid.isascii() or "\0" in nodeid:
                 nodeid = clean_text(nodeid)
-            selection.append(SelectedTest(nodeid, file))
-        return selection
+            nodeids.append(nodeid)
+            files.append(file)
+        return selected_tests(nodeids, files)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
@@ -276,7 +279,7 @@ class RecordingPlugin:
         # is the part before its first "::", as pytest builds node ids.
         with collector_paused():
             cleaned = [clean_text(nodeid) for nodeid in ids]
-            self._start([SelectedTest(nodeid, nodeid.split("::")[0]) for nodeid in cleaned])
+            self._start(selected_tests(cleaned, [nodeid.split("::")[0] for nodeid in cleaned]))
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             for line in self._start_lines():

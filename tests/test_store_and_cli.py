@@ -21,6 +21,7 @@ from pytest_rerun_runs.store import (
     SelectedTest,
     Selection,
     open_store,
+    selected_tests,
 )
 from tests.conftest import RunDict, git, make_new_run, run_cli
 
@@ -152,6 +153,16 @@ class CountingStore:
 
 def report(nodeid: str, when: str, outcome: str = "passed") -> pytest.TestReport:
     return pytest.TestReport(nodeid, ("f.py", 0, nodeid), {}, outcome, None, when)  # type: ignore[arg-type]
+
+
+def test_selected_tests_are_the_named_tuples_of_their_pairs() -> None:
+    made = selected_tests(["a.py::t", "b/c.py::T::m[1]"], ["a.py", "b/c.py"])
+    assert made == [SelectedTest("a.py::t", "a.py"), SelectedTest("b/c.py::T::m[1]", "b/c.py")]
+    assert [type(test) for test in made] == [SelectedTest, SelectedTest]
+    assert made[1].file == "b/c.py"
+    assert selected_tests([], []) == []
+    with pytest.raises(ValueError, match="shorter"):
+        selected_tests(["a.py::t"], [])
 
 
 def test_results_are_written_in_batches_by_time() -> None:

@@ -78,6 +78,7 @@ from pytest_rerun_runs.store.model import (
     parse_iso,
     process_is_gone,
     results_in_selection_order,
+    selected_tests,
     status_from_exit,
 )
 
@@ -149,6 +150,7 @@ __all__ = [
     "process_is_gone",
     "redact_url",
     "results_in_selection_order",
+    "selected_tests",
     "status_from_exit",
 ]
 

@@ -10,6 +10,7 @@ import dataclasses
 import os
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Literal, NamedTuple
 
 Outcome = Literal["passed", "failed", "error", "skipped", "xfailed", "xpassed", "not_run"]
@@ -115,6 +116,13 @@ class SelectedTest(NamedTuple):
 
     nodeid: str
     file: str
+
+
+def selected_tests(nodeids: Sequence[str], files: Sequence[str]) -> list[SelectedTest]:
+    """``SelectedTest(nodeid, file)`` for each pair, made without a Python call per
+    test (a selection is a test suite long; the named tuple's ``__new__`` is Python)."""
+    pairs = zip(nodeids, files, strict=True)
+    return list(map(tuple.__new__, repeat(SelectedTest, len(nodeids)), pairs))
 
 
 class Result(NamedTuple):
