@@ -8,7 +8,6 @@ collection was refused) in the same :class:`RetryState` for the recorder.
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,17 @@ from pytest_rerun_runs.worker import MISSING_KEY
 PLUGIN_NAME = "rerun-runs-narrowing"
 
 
-@dataclass
 class RetryState:
     """A retry as it goes: the plan and what collection found."""
 
-    plan: RetryPlan
-    #: Planned tests that no longer exist.
-    missing: list[str] = field(default_factory=list)
-    #: Collection was refused (nothing planned exists): nothing is recorded.
-    aborted: bool = False
+    __slots__ = ("aborted", "missing", "plan")
+
+    def __init__(self, plan: RetryPlan) -> None:
+        self.plan = plan
+        #: Planned tests that no longer exist.
+        self.missing: list[str] = []
+        #: Collection was refused (nothing planned exists): nothing is recorded.
+        self.aborted = False
 
 
 retry_state_key = pytest.StashKey[RetryState]()

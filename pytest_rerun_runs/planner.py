@@ -7,8 +7,7 @@ and applies the plan.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pytest_rerun_runs.store import (
     OPEN_STATUSES,
@@ -25,8 +24,7 @@ RetryOrder = Literal["recorded", "collected"]
 RETRY_ORDERS: tuple[RetryOrder, ...] = ("recorded", "collected")
 
 
-@dataclass(frozen=True)
-class RetryPlan:
+class RetryPlan(NamedTuple):
     """What a retry runs; the same object on the controller and, through
     :meth:`to_dict`/:meth:`from_dict`, on every xdist worker."""
 

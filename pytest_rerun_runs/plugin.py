@@ -10,7 +10,6 @@ plan through its workerinput and registers only the narrowing.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -188,6 +187,7 @@ def recording_options(config: pytest.Config) -> RecordingOptions:
         stale_after=parse_seconds(
             config, "runs_stale_after", DEFAULT_STALE_AFTER, allow_zero=False
         ),
+        notes=[],
     )
 
 
@@ -221,7 +221,7 @@ def plan_retry(config: pytest.Config, options: RecordingOptions) -> RetrySource:
             assert source.plan is not None
             plan = source.plan
         elif source.plan is not None:  # failing: the source decides the plan
-            plan = dataclasses.replace(source.plan, reason=config.getoption("retry_reason"))
+            plan = source.plan._replace(reason=config.getoption("retry_reason"))
         else:
             plan = planner.plan_retry(
                 source.run,

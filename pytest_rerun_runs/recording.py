@@ -13,9 +13,8 @@ import os
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
@@ -55,8 +54,7 @@ if TYPE_CHECKING:
 PLUGIN_NAME = "rerun-runs-recorder"
 
 
-@dataclass(frozen=True)
-class RecordingOptions:
+class RecordingOptions(NamedTuple):
     """What the command line and ini settings say about recording."""
 
     store_location: str
@@ -67,7 +65,7 @@ class RecordingOptions:
     flush_interval: float
     stale_after: float
     #: Notes about the retry's source printed with the start lines.
-    notes: list[str] = field(default_factory=list)
+    notes: list[str]
 
 
 def plugin_distributions(config: pytest.Config) -> list[str]:

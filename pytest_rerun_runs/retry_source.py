@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pytest_rerun_runs.store import (
     DEFAULT_STALE_AFTER,
@@ -43,8 +42,7 @@ FAILING = "failing"
 NEXT = "next"
 
 
-@dataclass(frozen=True)
-class RunReference:
+class RunReference(NamedTuple):
     """A run named by id, by ``last`` (the newest finished run), by a run file, or
     ``failing`` (the tests whose latest outcome is a failure)."""
 
@@ -115,14 +113,13 @@ def resolve_run_id(store: RunStore, reference: RunReference) -> int:
     return run_id
 
 
-@dataclass(frozen=True)
-class RetrySource:
+class RetrySource(NamedTuple):
     """The run a retry is made from, with the results a plan needs."""
 
     run: Run
     #: Set when the run comes from a run file: it is imported when the retry starts.
     file: Path | None = None
-    export: dict[str, Any] = field(default_factory=dict)
+    export: dict[str, Any] = {}
     #: The plan, when the source decides it (``failing``, a queued run).
     plan: RetryPlan | None = None
     #: A queued run this session claims and records into (its frozen plan).

@@ -10,7 +10,6 @@ spool that repeats what the server already has, stores everything once.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -42,7 +41,8 @@ def spool_directory(rootdir: Path) -> Path:
 def _new_run_record(
     new_run: NewRun, selection: Selection, store: str, claimed: int | None
 ) -> dict[str, Any]:
-    data = dataclasses.asdict(new_run)
+    data = new_run._asdict()
+    data["invocation"] = new_run.invocation.to_dict()
     data["contributors"] = list(new_run.contributors)
     return {
         "format": FORMAT,
@@ -86,7 +86,7 @@ class SpoolWriter:
 
     def finish(self, finish: RunFinish, results: Sequence[Result]) -> None:
         self.add_results(results)
-        self._write({"finish": dataclasses.asdict(finish)})
+        self._write({"finish": finish._asdict()})
         self._file.close()
 
     def close(self) -> None:

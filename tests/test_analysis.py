@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from pytest_rerun_runs import analysis
@@ -61,8 +59,7 @@ def make_run(
         mode=mode,
         reason=reason,
         counts=count_outcomes(results),
-        invocation=dataclasses.replace(
-            make_invocation(),
+        invocation=make_invocation()._replace(
             git=GitInfo(commit=commit),
             tree=None if commit is None else f"git:{commit}",
         ),
@@ -291,11 +288,9 @@ def test_find_flaky_lists_retry_evidence_before_mixed_outcomes() -> None:
 def test_a_retry_that_passes_after_changes_is_fixed_not_flaky() -> None:
     source = analysis.RunOutcomes.of(make_run(1, {"t.py::a": "failed"}, commit="abc"))
     changed = make_run(2, {"t.py::a": "passed"}, commit="abc", source_run_id=1)
-    changed = dataclasses.replace(
-        changed,
-        summary=dataclasses.replace(
-            changed.summary,
-            invocation=dataclasses.replace(changed.summary.invocation, tree="git:dirty"),
+    changed = changed._replace(
+        summary=changed.summary._replace(
+            invocation=changed.summary.invocation._replace(tree="git:dirty"),
         ),
     )
     report = analysis.flaky_report([analysis.RunOutcomes.of(changed), source])

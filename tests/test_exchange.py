@@ -3,7 +3,6 @@ export and reading run files back."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,8 +58,7 @@ def make_run(
         mode=mode,
         reason=None,
         counts=count_outcomes(results),
-        invocation=dataclasses.replace(
-            make_invocation(host="ci-7"),
+        invocation=make_invocation(host="ci-7")._replace(
             args=["-q", "tests/"] if args is None else args,
             git=GitInfo(branch="main", commit=commit),
         ),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,7 @@ SOURCE: dict[str, Outcome] = {
 
 def with_collection_error(run: Run, nodeid: str) -> Run:
     error = Result(nodeid, "error", "collect", file=nodeid)
-    return dataclasses.replace(run, results=[*run.results, error])
+    return run._replace(results=[*run.results, error])
 
 
 def test_a_full_retry_plans_the_whole_selection_in_order() -> None:

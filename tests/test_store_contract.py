@@ -7,7 +7,6 @@ that finished runs are immutable in the database itself).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sqlite3
@@ -665,7 +664,7 @@ def test_listing_filters_and_pages(store: RunStore) -> None:
     from pytest_rerun_runs.store import GitInfo
 
     def on(branch: str, commit: str) -> Invocation:
-        return dataclasses.replace(make_invocation(), git=GitInfo(branch, commit))
+        return make_invocation()._replace(git=GitInfo(branch, commit))
 
     first = store.create_run(make_new_run(label="nightly", invocation=on("main", "c1")), ABC)
     second = store.create_run(make_new_run(invocation=on("dev", "c2")), ABC)

@@ -10,7 +10,6 @@ error envelope becomes the contract's exception of the same ``code``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Collection, Sequence
@@ -267,7 +266,7 @@ class HttpStore:
             raise StoreError(
                 f"run store {self.location} answered an unreadable run: {exc}"
             ) from None
-        summary = dataclasses.replace(run.summary, plan=data.get("plan"))
+        summary = run.summary._replace(plan=data.get("plan"))
         results = run.results
         if outcomes is not None:
             results = [r for r in results if r.outcome in outcomes]

@@ -1,15 +1,18 @@
 """The data of the store contract: runs, their selection and results.
 
-Plain data classes and the rules every backend shares (statuses, liveness,
+Plain records and the rules every backend shares (statuses, liveness,
 counts, result order); no I/O here.
+
+The records are named tuples, not dataclasses: a dataclass compiles generated
+source for its methods when its module is imported, which every pytest session
+would pay for (about half a millisecond a class). They are values: nothing
+mutates one or the lists and dicts it holds, so the empty defaults can be shared.
+Their annotations are evaluated as the classes are made (no ``from __future__
+import annotations``): a named tuple compiles each annotation given as a string.
 """
 
-from __future__ import annotations
-
-import dataclasses
 import os
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Literal, NamedTuple
 
@@ -66,8 +69,7 @@ def status_from_exit(exit_status: int) -> RunStatus:
     return statuses.get(exit_status, "error")
 
 
-@dataclass(frozen=True)
-class GitInfo:
+class GitInfo(NamedTuple):
     """The branch and commit a run was recorded at."""
 
     branch: str | None = None
@@ -76,8 +78,7 @@ class GitInfo:
     remote: str | None = None
 
 
-@dataclass(frozen=True)
-class Invocation:
+class Invocation(NamedTuple):
     """How a session was started, recorded once per run."""
 
     #: ``None`` when a run was exported without them (it cannot be replayed).
@@ -90,21 +91,26 @@ class Invocation:
     platform: str
     host: str
     pid: int
-    plugins: list[str] = field(default_factory=list)
+    plugins: list[str] = []
     workers: int | None = None
-    git: GitInfo = field(default_factory=GitInfo)
-    ci: dict[str, str] = field(default_factory=dict)
+    git: GitInfo = GitInfo()
+    ci: dict[str, str] = {}
     #: pytest-randomly's seed, when it was active.
     randomly_seed: int | None = None
     #: A fingerprint of the working tree: equal exactly when nothing changed.
     tree: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = self._asdict()
+        data["args"] = None if self.args is None else list(self.args)
+        data["plugins"] = list(self.plugins)
+        data["git"] = self.git._asdict()
+        data["ci"] = dict(self.ci)
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Invocation:
-        known = {f.name for f in dataclasses.fields(cls)}
+    def from_dict(cls, data: dict[str, Any]) -> "Invocation":
+        known = set(cls._fields)
         values = {k: v for k, v in data.items() if k in known}
         values["git"] = GitInfo(**(data.get("git") or {}))
         return cls(**values)
@@ -167,8 +173,7 @@ class Result(NamedTuple):
         }
 
 
-@dataclass(frozen=True)
-class NewRun:
+class NewRun(NamedTuple):
     """What is known about a run when it is created.
 
     ``uid`` is made by the client (a UUID4, or the uid of an imported run):
@@ -180,7 +185,7 @@ class NewRun:
     created_at: float
     started_at: float
     label: str | None = None
-    meta: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, str] = {}
     source_run_id: int | None = None
     root_run_id: int | None = None
     attempt: int = 1
@@ -193,18 +198,16 @@ class NewRun:
     contributors: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
-class Selection:
+class Selection(NamedTuple):
     """The ordered node ids a run meant to execute, recorded when collection ends."""
 
     tests: list[SelectedTest]
     deselected: int = 0
     #: Retry only: tests of the source's selection that no longer exist.
-    missing: list[str] = field(default_factory=list)
+    missing: list[str] = []
 
 
-@dataclass(frozen=True)
-class RunFinish:
+class RunFinish(NamedTuple):
     """How a run ended: what ``finish_run`` writes."""
 
     exit_status: int
@@ -237,8 +240,7 @@ def count_outcomes(results: Iterable[Result]) -> Counts:
     return counts
 
 
-@dataclass(frozen=True)
-class RunSummary:
+class RunSummary(NamedTuple):
     """A run without its selection and results: what ``list`` shows."""
 
     id: int
@@ -288,7 +290,7 @@ class RunSummary:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], results: Sequence[Result] = ()) -> RunSummary:
+    def from_dict(cls, data: dict[str, Any], results: Sequence[Result] = ()) -> "RunSummary":
         """A summary from :meth:`to_dict` or the ``show --format json`` contract.
 
         Raises ``ValueError`` (or ``KeyError``/``TypeError``) for anything else.
@@ -325,8 +327,7 @@ class RunSummary:
         )
 
 
-@dataclass(frozen=True)
-class Run:
+class Run(NamedTuple):
     """A whole run: summary, selection and one result per selected test."""
 
     summary: RunSummary
@@ -392,7 +393,7 @@ class Run:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Run:
+    def from_dict(cls, data: dict[str, Any]) -> "Run":
         """A run from its JSON contract (``show --format json``, ``export``).
 
         Raises ``ValueError`` (or ``KeyError``/``TypeError``) for anything else.
@@ -433,8 +434,7 @@ Scope = Literal["runs:read", "runs:write", "runs:retry", "admin"]
 SCOPES: tuple[Scope, ...] = ("runs:read", "runs:write", "runs:retry", "admin")
 
 
-@dataclass(frozen=True)
-class Token:
+class Token(NamedTuple):
     """An API token of the server, as stored: its secret only as a hash."""
 
     id: int
