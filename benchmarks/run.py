@@ -93,6 +93,7 @@ def generate_suite(spec: SuiteSpec) -> Path:
     directory = WORK / f"suite-{spec.tests}-{spec.files}-{spec.failures}-{spec.seed}"
     marker = directory / ".generated"
     if marker.exists():
+        as_repository(directory)
         return directory
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
@@ -128,7 +129,25 @@ def generate_suite(spec: SuiteSpec) -> Path:
         )
         (package / f"test_mod_{index:05d}.py").write_text("\n".join(lines))
     marker.write_text(json.dumps(spec.__dict__))
+    as_repository(directory)
     return directory
+
+
+def as_repository(directory: Path) -> None:
+    """Make a suite a git repository of its own, committed, as a real project is:
+    the working-tree fingerprint each session takes reads it (and not the state of
+    this repository, which holds ``benchmarks/.work``). Without git, it stays a
+    directory and the fingerprint walks it instead."""
+    if (directory / ".git").exists() or shutil.which("git") is None:
+        return
+    identity = ["-c", "user.name=benchmarks", "-c", "user.email=benchmarks@localhost"]
+    subprocess.run(["git", "init", "-q"], cwd=directory, check=True)
+    # What the sessions write in the suite is no change of the project.
+    (directory / ".git" / "info" / "exclude").write_text(
+        ".pytest_cache/\n__pycache__/\n.history-bench.db*\n"
+    )
+    subprocess.run(["git", *identity, "add", "-A"], cwd=directory, check=True)
+    subprocess.run(["git", *identity, "commit", "-qm", "suite"], cwd=directory, check=True)
 
 
 # -- environments -------------------------------------------------------------------
@@ -470,6 +489,7 @@ def third_party_suite(peers: Path, failures: int = 20, seed: int = 1) -> tuple[S
         # configuration (this repository's, under benchmarks/.work).
         (directory / "pytest.ini").write_text("[pytest]\n")
         (directory / ".prepared").write_text("")
+    as_repository(directory)
     SUITE_ENV["PYTHONPATH"] = str(directory / "src")
     listing = subprocess.run(
         [

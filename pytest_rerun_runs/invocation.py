@@ -162,6 +162,10 @@ def _resolve_ref(git_dir: Path, ref: str) -> str | None:
 #: Beyond this many tracked files (or files without git) the tree is not
 #: fingerprinted: the cost would show at every session start.
 FINGERPRINT_FILE_LIMIT = 20_000
+
+#: A changed tracked file larger than this is not read at session start: it
+#: counts by its size and modification time, as an untracked test file does.
+FINGERPRINT_READ_LIMIT = 1 << 20
 #: Without git, the files whose change can change what tests do: code and configuration
 #: (not the data files tests write as they run).
 _SOURCE_SUFFIXES = frozenset(
@@ -344,6 +348,10 @@ def _changed_tracked_files(
                 and int(status.st_mtime) & 0xFFFFFFFF == mtime_s
                 and status.st_mtime_ns % 1_000_000_000 == mtime_ns
             ):
+                continue
+            if status.st_size > FINGERPRINT_READ_LIMIT and not stat.S_ISLNK(status.st_mode):
+                stamp = b"stat %d %d" % (status.st_size, status.st_mtime_ns)
+                changed.append((Path(path), stamp))
                 continue
             try:
                 if stat.S_ISLNK(status.st_mode):  # git holds a link's target as its blob

@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 from pytest_rerun_runs.store import (
@@ -492,7 +493,8 @@ class Recorder:
         return bool(self._pending)
 
     def _take_pending(self) -> list[Result]:
-        batch = list(map(Result._make, self._pending))
+        # ``Result._make`` without its Python frame per result.
+        batch = list(map(tuple.__new__, repeat(Result), self._pending))
         self._pending = []
         return batch
 

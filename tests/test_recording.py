@@ -338,6 +338,37 @@ def test_failure_and_skip_text_is_recorded(
     assert by_id["test_shapes.py::test_pass"]["longrepr"] is None
 
 
+def test_node_ids_that_are_not_ascii_are_selected_as_pytest_names_them(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makeini(
+        "[pytest]\ndisable_test_id_escaping_and_forfeit_all_rights_to_community_support = true\n"
+    )
+    pytester.makepyfile(
+        **{
+            "test_ünï": """
+import pytest
+
+@pytest.mark.parametrize("value", ["é", "nul\\x00", "plain"], ids=["é", "nul\\x00", "plain"])
+def test_ids(value):
+    assert value != "plain"
+"""
+        }
+    )
+    pytester.runpytest().assert_outcomes(passed=2, failed=1)
+    run = show()
+    assert run["selection"] == [
+        "test_ünï.py::test_ids[é]",
+        "test_ünï.py::test_ids[nul\\x00]",
+        "test_ünï.py::test_ids[plain]",
+    ]
+    assert [(r["nodeid"], r["outcome"]) for r in run["results"]] == [
+        ("test_ünï.py::test_ids[é]", "passed"),
+        ("test_ünï.py::test_ids[nul\\x00]", "passed"),
+        ("test_ünï.py::test_ids[plain]", "failed"),
+    ]
+
+
 def test_long_failure_text_is_capped(
     pytester: pytest.Pytester, show: Callable[..., RunDict]
 ) -> None:

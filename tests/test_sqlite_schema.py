@@ -127,3 +127,16 @@ def test_a_selection_compressed_by_another_version_is_the_same_selection(tmp_pat
         assert decode_selection(recompressed) == selection.tests
     finally:
         store.close()
+
+
+def test_a_selection_is_encoded_with_each_file_once() -> None:
+    tests = [SelectedTest("b.py::t", "b.py"), SelectedTest("a.py::t", "a.py")]
+    tests += [SelectedTest("b.py::u", "b.py")]
+    blob = encode_selection(tests)
+    assert json.loads(zlib.decompress(blob)) == {
+        "nodeids": ["b.py::t", "a.py::t", "b.py::u"],
+        "files": ["b.py", "a.py"],
+        "file_of": [0, 1, 0],
+    }
+    assert decode_selection(blob) == tests
+    assert decode_selection(encode_selection([])) == []

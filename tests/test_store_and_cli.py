@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_rerun_runs import invocation
 from pytest_rerun_runs.invocation import ci_info, git_info, tree_fingerprint
 from pytest_rerun_runs.recorder import Recorder, collector_paused
 from pytest_rerun_runs.store import (
@@ -348,6 +350,29 @@ def test_the_tree_fingerprint_follows_what_tests_can_see(tmp_path: Path) -> None
     # A commit is a change, whatever the files hold.
     git(tmp_path, "commit", "-qm", "second", "--allow-empty")
     assert tree_fingerprint(tmp_path, files) != untracked_edit
+
+
+def test_a_large_changed_tracked_file_counts_by_size_and_time_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(invocation, "FINGERPRINT_READ_LIMIT", 100)
+    (tmp_path / "small.txt").write_text("s" * 100)
+    (tmp_path / "large.bin").write_text("l" * 101)
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-qm", "first")
+    clean = tree_fingerprint(tmp_path)
+    # Touched, same content: the small file is read and is no change; the large
+    # one is not read, so its new time is a change.
+    for name in ("small.txt", "large.bin"):
+        os.utime(tmp_path / name, ns=(1_000_000_000, 1_000_000_000))
+    assert (tmp_path / "small.txt").stat().st_mtime_ns == 1_000_000_000
+    touched = tree_fingerprint(tmp_path)
+    assert touched not in (None, clean)
+    git(tmp_path, "add", ".")  # the index takes the new times: clean again
+    assert tree_fingerprint(tmp_path) == clean
+    (tmp_path / "large.bin").write_text("m" * 101)
+    assert tree_fingerprint(tmp_path) not in (None, clean)
 
 
 def test_a_symlinked_test_file_is_fingerprinted_as_its_target(tmp_path: Path) -> None:

@@ -288,6 +288,12 @@ def test_a_result_without_a_position_is_refused(store: RunStore) -> None:
     run_id = store.create_run(make_new_run(), ABC)
     with pytest.raises(InvalidResult):
         store.append_results(run_id, [Result("t.py::a", "passed", "call")])
+    # A negative position counted from the end would name a selected test.
+    with pytest.raises(InvalidResult):
+        store.append_results(run_id, [Result("t.py::c", "passed", "call", position=-1)])
+    with pytest.raises(InvalidResult):
+        store.append_results(run_id, [Result("t.py::a", "passed", "call", position=-3)])
+    assert outcomes_of(store.get_run(run_id))[2] == ("t.py::c", "not_run")
 
 
 def test_a_result_must_fit_its_position(store: RunStore) -> None:

@@ -646,10 +646,10 @@ def check_positions(run_id: int, selection: Sequence[str], results: Iterable[Res
     selected: set[str] | None = None
     for result in results:
         position, nodeid = result.position, result.nodeid
-        if position < size:
+        if 0 <= position < size:
             if selection[position] == nodeid:
                 continue
-        else:
+        elif position >= size:
             if selected is None:
                 selected = set(selection)
             if nodeid not in selected:
