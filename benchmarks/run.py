@@ -3,6 +3,7 @@
 
     python benchmarks/run.py            # 2,000 tests in 200 files (under 10 minutes)
     python benchmarks/run.py --large    # also 20,000 tests in 2,000 files and in 200 files
+    python benchmarks/run.py --instructions  # also instruction counts (valgrind's callgrind)
 
 Everything runs on generated suites under ``benchmarks/.work/``, in virtual
 environments this command creates there itself:
@@ -23,6 +24,11 @@ their group: pytest with every recorder off for recording, pytest given the
 failing node ids for re-running failures. Peak memory is the pytest process's
 maximum resident set (under ``-n 2``, the controller's). The output size is
 what each recorder writes per test result. Results go to ``benchmarks/RESULTS.md``.
+
+Wall time moves with the machine's noise; ``--instructions`` adds, for the
+2,000-test suite, the instructions each command executes (one run under valgrind's
+callgrind, after a warm-up run): a figure that is the same on every run, for the
+differences of a few percent that medians cannot settle.
 """
 
 from __future__ import annotations
@@ -140,14 +146,19 @@ def as_repository(directory: Path) -> None:
     directory and the fingerprint walks it instead."""
     if (directory / ".git").exists() or shutil.which("git") is None:
         return
-    identity = ["-c", "user.name=benchmarks", "-c", "user.email=benchmarks@localhost"]
-    subprocess.run(["git", "init", "-q"], cwd=directory, check=True)
-    # What the sessions write in the suite is no change of the project.
-    (directory / ".git" / "info" / "exclude").write_text(
-        ".pytest_cache/\n__pycache__/\n.history-bench.db*\n"
-    )
-    subprocess.run(["git", *identity, "add", "-A"], cwd=directory, check=True)
-    subprocess.run(["git", *identity, "commit", "-qm", "suite"], cwd=directory, check=True)
+    settings = ["-c", "user.name=benchmarks", "-c", "user.email=benchmarks@localhost"]
+    settings += ["-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null"]
+    try:
+        subprocess.run(["git", "init", "-q"], cwd=directory, check=True)
+        # What the sessions write in the suite is no change of the project.
+        info = directory / ".git" / "info"
+        info.mkdir(exist_ok=True)
+        (info / "exclude").write_text(".pytest_cache/\n__pycache__/\n.history-bench.db*\n")
+        subprocess.run(["git", "add", "-A"], cwd=directory, check=True)
+        subprocess.run(["git", *settings, "commit", "-qm", "suite"], cwd=directory, check=True)
+    except BaseException:
+        shutil.rmtree(directory / ".git", ignore_errors=True)  # no half-made repository
+        raise
 
 
 # -- environments -------------------------------------------------------------------
@@ -519,6 +530,83 @@ def third_party_suite(peers: Path, failures: int = 20, seed: int = 1) -> tuple[S
     ), directory
 
 
+def instructions(command: Sequence[str], cwd: Path) -> int:
+    """Instructions one run of ``command`` executes, counted by valgrind's callgrind:
+    the same figure every time, whatever else the machine is doing."""
+    out = WORK / "out" / "callgrind.out"
+    out.unlink(missing_ok=True)
+    env = {**bench_env(), "PYTHONHASHSEED": "0"}
+    process = subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+    )
+    if process.returncode not in (0, 1) or not out.exists():
+        errors = process.stderr.decode(errors="replace")[-2000:]
+        shown = " ".join(command)
+        raise SystemExit(f"{shown} under callgrind exited {process.returncode}: {errors}")
+    for line in out.read_text().splitlines():
+        if line.startswith("summary:"):
+            return int(line.split()[1])
+    raise SystemExit(f"callgrind counted nothing for {' '.join(command)}")
+
+
+def counted(spec: SuiteSpec, suite: Path, peers: Path) -> list[str]:
+    """Instruction counts of recording and of re-running the failures, each
+    against its floor, as the wall-time tables compare them."""
+    base = [str(peers), "-m", "pytest", "-q", "-p", "no:randomly"]
+    off = [*base, "-p", "no:rerun_runs"]
+    out = WORK / "out"
+    source, store = out / "counted-source.db", out / "counted.db"
+    fresh(source)()
+    run_once([*base, f"--runs-store={source}"], suite)  # also fills --lf's cache
+    checkpoint(source)
+    failing = failing_node_ids(source)
+
+    def into_copy() -> None:  # a store that already holds the run, as in real use
+        fresh(store)()
+        shutil.copyfile(source, store)
+
+    groups = [
+        (
+            "recording",
+            [
+                Measure("floor: pytest, recorders off", off),
+                Measure("pytest-rerun-runs", [*base, f"--runs-store={store}"], into_copy),
+            ],
+        ),
+        (
+            "re-running the failures",
+            [
+                Measure(f"floor: pytest <{len(failing)} failing node ids>", [*off, *failing]),
+                Measure("pytest --lf", [*off, "--lf"]),
+                Measure(
+                    "pytest --retry-run ID --failed-only",
+                    [*base, f"--runs-store={store}", "--retry-run=1", "--failed-only"],
+                    into_copy,
+                ),
+            ],
+        ),
+    ]
+    print(f"counting instructions, {spec.name}", flush=True)
+    lines = ["| instructions (callgrind) | millions | x floor |", "|---|---|---|"]
+    for title, measures in groups:
+        counts = []
+        for measure in measures:
+            measure.prepare()
+            run_once(measure.command, suite)  # writes the bytecode and the caches first
+            measure.prepare()
+            counts.append(instructions(measure.command, suite))
+            print(f"  {measure.name}: {counts[-1]:,}", flush=True)
+        lines.append(f"| **{title}** | | |")
+        for measure, count in zip(measures, counts, strict=True):
+            lines.append(f"| {measure.name} | {count / 1e6:,.1f} | {count / counts[0]:.3f} |")
+    return lines
+
+
 def failing_node_ids(store_path: Path) -> list[str]:
     sys.path.insert(0, str(ROOT))
     from pytest_rerun_runs.store import open_store
@@ -636,6 +724,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--third-party", action="store_true", help="also the real suite (" + THIRD_PARTY + ")"
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count instructions (valgrind's callgrind) on the 2,000-test suite",
+    )
     args = parser.parse_args(argv)
     options = argv if argv is not None else sys.argv[1:]
 
@@ -663,6 +756,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for spec in specs:
         suite = generate_suite(spec)
         report += ["", f"## {spec.name}, {spec.failures} failing", ""]
+        if args.instructions and spec.tests < 20_000:
+            if shutil.which("valgrind") is None:
+                raise SystemExit("--instructions needs valgrind")
+            report += counted(spec, suite, peers)
+            report += [""]
         report += recording(
             spec, suite, peers, history, repeat=args.repeat, xdist=False, only_ours=args.only_ours
         )

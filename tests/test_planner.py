@@ -79,7 +79,11 @@ def test_failed_only_of_a_running_run_is_refused() -> None:
 def test_a_plan_survives_the_trip_to_a_worker() -> None:
     source = with_collection_error(make_run(1, SOURCE), "broken.py")
     plan = plan_retry(source, failed_only=True, order="collected")
-    assert RetryPlan.from_dict(plan.to_dict()) == plan
+    trip = RetryPlan.from_dict(plan.to_dict())
+    assert trip == plan
+    # Named tuples compare as tuples: the types are checked too.
+    assert type(trip) is RetryPlan
+    assert {type(test) for test in (*trip.tests, *trip.collectors)} == {SelectedTest}
 
 
 def test_the_matcher_ranks_planned_tests_and_what_collectors_collect() -> None:
@@ -108,7 +112,9 @@ def test_narrowing_that_removes_planned_tests_is_a_subset() -> None:
     ],
 )
 def test_run_references(text: str, expected: RunReference) -> None:
-    assert parse_run_reference(text) == expected
+    parsed = parse_run_reference(text)
+    assert parsed == expected
+    assert type(parsed) is RunReference
 
 
 @pytest.mark.parametrize(

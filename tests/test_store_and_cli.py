@@ -17,11 +17,13 @@ from pytest_rerun_runs.invocation import ci_info, git_info, tree_fingerprint
 from pytest_rerun_runs.recorder import Recorder, collector_paused
 from pytest_rerun_runs.store import (
     GitInfo,
+    InvalidResult,
     NewRun,
     Result,
     RunFinish,
     SelectedTest,
     Selection,
+    check_positions,
     open_store,
     selected_tests,
 )
@@ -165,6 +167,22 @@ def test_selected_tests_are_the_named_tuples_of_their_pairs() -> None:
     assert selected_tests([], []) == []
     with pytest.raises(ValueError, match="shorter"):
         selected_tests(["a.py::t"], [])
+    with pytest.raises(ValueError, match="longer"):
+        selected_tests(["a.py::t"], ["a.py", "b.py"])
+
+
+def test_a_result_must_fit_its_position_in_the_selection() -> None:
+    selection = ["t.py::a", "t.py::b"]
+    check_positions(1, selection, [Result("t.py::b", "passed", "call", position=1)])
+    check_positions(1, selection, [Result("c.py", "error", "collect", position=2)])
+    for wrong in [
+        Result("t.py::a", "passed", "call", position=1),
+        Result("t.py::b", "passed", "call", position=-1),  # -1 counted from the end
+        Result("t.py::a", "passed", "call", position=-2),
+        Result("t.py::a", "error", "collect", position=2),  # selected: not outside it
+    ]:
+        with pytest.raises(InvalidResult, match=f"cannot take position {wrong.position}"):
+            check_positions(1, selection, [wrong])
 
 
 def test_results_are_written_in_batches_by_time() -> None:

@@ -128,7 +128,7 @@ def selected_tests(nodeids: Sequence[str], files: Sequence[str]) -> list[Selecte
     """``SelectedTest(nodeid, file)`` for each pair, made without a Python call per
     test (a selection is a test suite long; the named tuple's ``__new__`` is Python)."""
     pairs = zip(nodeids, files, strict=True)
-    return list(map(tuple.__new__, repeat(SelectedTest, len(nodeids)), pairs))
+    return list(map(tuple.__new__, repeat(SelectedTest), pairs))
 
 
 class Result(NamedTuple):
