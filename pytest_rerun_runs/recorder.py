@@ -294,53 +294,64 @@ class Recorder:
         passed: list[PendingResult] = []
         while index < count:
             setup = reports[index]
-            if index + 2 < count and setup.when == "setup" and setup.outcome == "passed":
-                call, teardown = reports[index + 1], reports[index + 2]
-                location = setup.location
-                if (
-                    # pytest builds the reports of one item with the item's cached
-                    # ``location`` tuple (checked on pytest 8.0 to 9.2), so sharing it
-                    # means one test; reports that crossed a process (xdist) share
-                    # nothing and are read one by one.
-                    type(location) is tuple
-                    and call.location is location
-                    and teardown.location is location
-                    and call.when == "call"
-                    and call.outcome == "passed"
-                    and teardown.when == "teardown"
-                    and teardown.outcome == "passed"
-                    and "wasxfail" not in call.__dict__
-                ):
-                    nodeid = teardown.nodeid
-                    if not nodeid.isascii():
-                        nodeid = clean_text(nodeid)
-                    if not progress or nodeid not in progress:
-                        index += 3
-                        position: int | None = -1
-                        if started:
-                            first = positions.get(nodeid)
-                            if type(first) is int and first not in placed:
-                                placed.add(first)
-                                position = first
-                            else:
-                                position = self._position(nodeid)
-                        if position is not None:
-                            passed.append(
-                                (
-                                    nodeid,
-                                    "passed",
-                                    "call",
-                                    setup.duration,
-                                    call.duration,
-                                    teardown.duration,
-                                    teardown.__dict__.get("worker_id"),
-                                    None,
-                                    0,
-                                    None,
-                                    position,
+            try:
+                # The reports' fields are read from their own ``__dict__``: through
+                # the attribute protocol each read would look its name up on the
+                # report's class first, and pytest's reports do not keep the same
+                # attributes in the same order for the interpreter to cache that.
+                first = setup.__dict__
+                if index + 2 < count and first["when"] == "setup" and first["outcome"] == "passed":
+                    call, teardown = reports[index + 1], reports[index + 2]
+                    second, third = call.__dict__, teardown.__dict__
+                    location = first["location"]
+                    if (
+                        # pytest builds the reports of one item with the item's cached
+                        # ``location`` tuple (checked on pytest 8.0 to 9.2), so sharing it
+                        # means one test; reports that crossed a process (xdist) share
+                        # nothing and are read one by one.
+                        type(location) is tuple
+                        and second["location"] is location
+                        and third["location"] is location
+                        and second["when"] == "call"
+                        and second["outcome"] == "passed"
+                        and third["when"] == "teardown"
+                        and third["outcome"] == "passed"
+                        and "wasxfail" not in second
+                    ):
+                        setup_duration, call_duration = first["duration"], second["duration"]
+                        teardown_duration = third["duration"]
+                        nodeid = teardown.nodeid
+                        if not nodeid.isascii():
+                            nodeid = clean_text(nodeid)
+                        if not progress or nodeid not in progress:
+                            index += 3
+                            position: int | None = -1
+                            if started:
+                                found = positions.get(nodeid)
+                                if type(found) is int and found not in placed:
+                                    placed.add(found)
+                                    position = found
+                                else:
+                                    position = self._position(nodeid)
+                            if position is not None:
+                                passed.append(
+                                    (
+                                        nodeid,
+                                        "passed",
+                                        "call",
+                                        setup_duration,
+                                        call_duration,
+                                        teardown_duration,
+                                        third.get("worker_id"),
+                                        None,
+                                        0,
+                                        None,
+                                        position,
+                                    )
                                 )
-                            )
-                        continue
+                            continue
+            except KeyError:
+                pass  # a report that keeps one of these fields elsewhere: read as below
             if passed:
                 self._add_passed(passed)
                 passed = []

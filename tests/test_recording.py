@@ -324,6 +324,25 @@ def test_reports_read_in_batches_give_the_results_read_one_at_a_time(
     assert len(read_alone) == len(reports) - 3 * len(plain)
 
 
+def test_a_report_that_keeps_a_field_on_its_class_is_read_through_its_attributes() -> None:
+    class KeptOnTheClass(pytest.TestReport):
+        duration = 0.25
+
+    location = ("t.py", 0, "t")  # one tuple for the three reports, as pytest makes them
+    setup = pytest.TestReport("t.py::t", location, {}, "passed", None, "setup", duration=0.5)
+    call = KeptOnTheClass("t.py::t", location, {}, "passed", None, "call")
+    del call.__dict__["duration"]
+    teardown = pytest.TestReport("t.py::t", location, {}, "passed", None, "teardown")
+    store, warnings = ResultStore(), list[str]()
+    recorder = Recorder(lambda: store, warnings.append, clock=lambda: 0.0)  # type: ignore[arg-type,return-value]
+    recorder.start(lambda store: make_new_run(), Selection([SelectedTest("t.py::t", "t.py")]))
+    for report in (setup, call, teardown):
+        recorder.add_test_report(report)
+    recorder.finish(RunFinish(exit_status=0, finished_at=1.0))
+    assert warnings == []
+    assert store.results == [Result("t.py::t", "passed", "call", 0.5, 0.25, 0.0, position=0)]
+
+
 def test_failure_and_skip_text_is_recorded(
     shapes: pytest.Pytester, show: Callable[..., RunDict]
 ) -> None:
