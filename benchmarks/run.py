@@ -548,9 +548,12 @@ def instructions(command: Sequence[str], cwd: Path) -> int:
         errors = process.stderr.decode(errors="replace")[-2000:]
         shown = " ".join(command)
         raise SystemExit(f"{shown} under callgrind exited {process.returncode}: {errors}")
-    for line in out.read_text().splitlines():
-        if line.startswith("summary:"):
-            return int(line.split()[1])
+    # Line by line: the file is megabytes, and what this process holds when it
+    # starts the next command counts in that command's peak memory (fork).
+    with out.open() as lines:
+        for line in lines:
+            if line.startswith("summary:"):
+                return int(line.split()[1])
     raise SystemExit(f"callgrind counted nothing for {' '.join(command)}")
 
 
