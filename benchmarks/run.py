@@ -27,8 +27,9 @@ what each recorder writes per test result. Results go to ``benchmarks/RESULTS.md
 
 Wall time moves with the machine's noise; ``--instructions`` adds, for the
 2,000-test suite, the instructions each command executes (one run under valgrind's
-callgrind, after a warm-up run): a figure that is the same on every run, for the
-differences of a few percent that medians cannot settle.
+callgrind, after a warm-up run): a figure that moves by hundredths of a percent
+between runs (the recorded times and ids differ), for the differences of a few
+percent that medians cannot settle.
 """
 
 from __future__ import annotations
@@ -532,7 +533,7 @@ def third_party_suite(peers: Path, failures: int = 20, seed: int = 1) -> tuple[S
 
 def instructions(command: Sequence[str], cwd: Path) -> int:
     """Instructions one run of ``command`` executes, counted by valgrind's callgrind:
-    the same figure every time, whatever else the machine is doing."""
+    nearly the same figure every time, whatever else the machine is doing."""
     out = WORK / "out" / "callgrind.out"
     out.unlink(missing_ok=True)
     env = {**bench_env(), "PYTHONHASHSEED": "0"}
