@@ -181,7 +181,8 @@ def tree_fingerprint(start: Path, files: Iterable[str] = ()) -> str | None:
     """A cheap fingerprint of the working tree, equal exactly when nothing changed.
 
     In a git repository: the commit plus the content of every tracked file that
-    differs from the index (found as ``git status`` finds it), so a clean checkout
+    differs from the index (found as ``git status`` finds it; a large one by its
+    size and mtime), so a clean checkout
     of one commit gives the same fingerprint on every machine; ``files`` (the
     run's test files, relative to ``start``) that git does not track count by
     their size and modification time, so editing a new test file is a change.
@@ -281,7 +282,8 @@ def _changed_tracked_files(
 
     As ``git status`` does, a file is read only when its size or mtime differs
     from the index, and then compared by its blob id: a file touched but not
-    changed is no change.
+    changed is no change. A file over :data:`FINGERPRINT_READ_LIMIT` is not read:
+    its size and mtime stand for its content (touching it is a change).
     """
     import hashlib
     import struct
