@@ -27,7 +27,8 @@ what each recorder writes per test result. Results go to ``benchmarks/RESULTS.md
 
 Wall time moves with the machine's noise; ``--instructions`` adds, for the
 2,000-test suite, the instructions each command executes (one run under valgrind's
-callgrind, after a warm-up run): a figure that moves by hundredths of a percent
+callgrind, after a warm-up run, writing results as often per test as a real
+session does): a figure that moves by hundredths of a percent
 between runs (the recorded times and ids differ), for the differences of a few
 percent that medians cannot settle.
 """
@@ -55,6 +56,8 @@ HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
 ROOT = HERE.parent
 PEERS = ["pytest-xdist", "pytest-replay", "pytest-reportlog", "pytest-json-report", "pretend"]
+#: About how many times slower a session runs under valgrind's callgrind.
+CALLGRIND_SLOWDOWN = 50
 #: The real suite: a pinned sdist whose tests are fat, parametrized files.
 THIRD_PARTY = "packaging==24.2"
 INJECTED_FAILURES = """\
@@ -563,6 +566,9 @@ def counted(spec: SuiteSpec, suite: Path, peers: Path) -> list[str]:
     against its floor, as the wall-time tables compare them."""
     base = [str(peers), "-m", "pytest", "-q", "-p", "no:randomly"]
     off = [*base, "-p", "no:rerun_runs"]
+    # Under callgrind a session runs some 50 times slower: writing once a second
+    # would write 50 times as often per test as a real session does.
+    ours = [*base, f"-oruns_flush_interval={CALLGRIND_SLOWDOWN}"]
     out = WORK / "out"
     source, store = out / "counted-source.db", out / "counted.db"
     fresh(source)()
@@ -579,7 +585,7 @@ def counted(spec: SuiteSpec, suite: Path, peers: Path) -> list[str]:
             "recording",
             [
                 Measure("floor: pytest, recorders off", off),
-                Measure("pytest-rerun-runs", [*base, f"--runs-store={store}"], into_copy),
+                Measure("pytest-rerun-runs", [*ours, f"--runs-store={store}"], into_copy),
             ],
         ),
         (
@@ -589,7 +595,7 @@ def counted(spec: SuiteSpec, suite: Path, peers: Path) -> list[str]:
                 Measure("pytest --lf", [*off, "--lf"]),
                 Measure(
                     "pytest --retry-run ID --failed-only",
-                    [*base, f"--runs-store={store}", "--retry-run=1", "--failed-only"],
+                    [*ours, f"--runs-store={store}", "--retry-run=1", "--failed-only"],
                     into_copy,
                 ),
             ],

@@ -177,7 +177,9 @@ _SKIPPED_DIRS = frozenset(
 )
 
 
-def tree_fingerprint(start: Path, files: Iterable[str] = ()) -> str | None:
+def tree_fingerprint(
+    start: Path, files: Iterable[str] = (), git: GitInfo | None = None
+) -> str | None:
     """A cheap fingerprint of the working tree, equal exactly when nothing changed.
 
     In a git repository: the commit plus the content of every tracked file that
@@ -188,13 +190,14 @@ def tree_fingerprint(start: Path, files: Iterable[str] = ()) -> str | None:
     their size and modification time, so editing a new test file is a change.
     Without git: the paths, sizes and modification times of the code and
     configuration files under ``start``. ``None`` when it cannot be told cheaply.
+    ``git`` is :func:`git_info` of ``start``, where the caller has it already.
     """
     import hashlib
 
     digest = hashlib.sha256()
     git_dir = find_git_dir(start)
     if git_dir is not None:
-        info = git_info(start)
+        info = git_info(start) if git is None else git
         worktree = git_dir.parent if git_dir.name == ".git" else None
         index = _changed_tracked_files(git_dir, worktree)
         if info.commit is None or index is None or worktree is None:

@@ -7,6 +7,8 @@ and applies the plan.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from itertools import compress
+from operator import itemgetter
 from typing import Any, Literal, NamedTuple
 
 from pytest_rerun_runs.store import (
@@ -110,15 +112,19 @@ def plan_retry(
             host=inv.host,
             pid=inv.pid,
         )
-    selected = {test.nodeid for test in source.selection}
+    errors = [r for r in source.results if r.when == "collect" and r.outcome == "error"]
+    # The passes over the whole selection run in C: a failed-only retry of a large
+    # run should cost what its few failures cost.
+    selected = set(map(itemgetter(0), source.selection)) if errors else set()
     collectors = tuple(
         SelectedTest(r.nodeid, r.file or r.nodeid.split("::")[0])
-        for r in source.results
-        if r.when == "collect" and r.outcome == "error" and r.nodeid not in selected
+        for r in errors
+        if r.nodeid not in selected
     )
     if failed_only:
         failing = {r.nodeid for r in source.results if r.outcome in RETRY_OUTCOMES}
-        tests = tuple(t for t in source.selection if t.nodeid in failing)
+        wanted = map(failing.__contains__, map(itemgetter(0), source.selection))
+        tests = tuple(compress(source.selection, wanted))
         if not tests and not collectors:
             raise NothingToRetry(
                 f"run {summary.id} has no failed tests to retry", run_id=summary.id

@@ -94,6 +94,7 @@ def session_invocation(config: pytest.Config, files: Iterable[str] = ()) -> Invo
     platform_name = f"{uname.sysname}-{uname.release}-{uname.machine}" if uname else sys.platform
     workers = getattr(config.option, "numprocesses", None)
     seed = getattr(config.option, "randomly_seed", None)
+    git = git_info(config.rootpath)
     return Invocation(
         args=[clean_text(redact_url(str(arg))) for arg in config.invocation_params.args],
         invocation_dir=clean_text(str(config.invocation_params.dir)),
@@ -106,10 +107,10 @@ def session_invocation(config: pytest.Config, files: Iterable[str] = ()) -> Invo
         pid=os.getpid(),
         plugins=plugin_distributions(config),
         workers=workers if isinstance(workers, int) else None,
-        git=git_info(config.rootpath),
+        git=git,
         ci={key: clean_text(value) for key, value in ci_info().items()},
         randomly_seed=seed if isinstance(seed, int) else None,
-        tree=tree_fingerprint(config.rootpath, files),
+        tree=tree_fingerprint(config.rootpath, files, git),
     )
 
 

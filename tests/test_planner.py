@@ -18,6 +18,7 @@ from pytest_rerun_runs.store import (
     RunInProgress,
     SelectedTest,
 )
+from pytest_rerun_runs.store.model import reported_outcomes
 from tests.test_analysis import make_run
 
 SOURCE: dict[str, Outcome] = {
@@ -53,6 +54,34 @@ def test_collection_errors_become_collectors() -> None:
     assert plan.tests == ()
     assert plan.collectors == (SelectedTest("broken.py", "broken.py"),)
     assert plan.files == ["broken.py"]
+
+
+def test_failed_only_plans_every_position_of_a_failing_node_id_selected_twice() -> None:
+    source = make_run(1, {"t.py::a": "failed", "t.py::b": "passed"})
+    twice = SelectedTest("t.py::a", "t.py")
+    source = source._replace(selection=[*source.selection, twice])
+    plan = plan_retry(source, failed_only=True)
+    assert plan.tests == (twice, twice)
+    assert plan.source_size == 3
+
+
+def test_a_collection_error_of_a_selected_node_id_is_no_collector() -> None:
+    source = with_collection_error(make_run(1, {"t.py::a": "failed"}), "t.py::a")
+    source = with_collection_error(source, "broken.py")
+    plan = plan_retry(source, failed_only=True)
+    assert [t.nodeid for t in plan.tests] == ["t.py::a"]
+    assert plan.collectors == (SelectedTest("broken.py", "broken.py"),)
+
+
+def test_only_a_run_with_unreported_tests_is_searched_for_them() -> None:
+    wanted = frozenset({"failed", "error", "not_run"})
+    everything_reported = make_run(1, {"t.py::a": "failed"}).summary
+    assert everything_reported.counts["not_run"] == 0
+    assert reported_outcomes(everything_reported, wanted) == {"failed", "error"}
+    unreported = make_run(2, {"t.py::a": "failed", "t.py::b": "not_run"}).summary
+    assert reported_outcomes(unreported, wanted) == wanted
+    assert reported_outcomes(everything_reported, None) is None
+    assert reported_outcomes(everything_reported, {"failed"}) == {"failed"}
 
 
 def test_nothing_to_retry() -> None:

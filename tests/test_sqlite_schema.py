@@ -13,6 +13,7 @@ from pytest_rerun_runs.store import SelectedTest, Selection, legacy_uid, open_st
 from pytest_rerun_runs.store.sqlite import (
     MIGRATIONS,
     SCHEMA_VERSION,
+    _decoded,
     decode_selection,
     encode_selection,
 )
@@ -140,3 +141,28 @@ def test_a_selection_is_encoded_with_each_file_once() -> None:
     }
     assert decode_selection(blob) == tests
     assert decode_selection(encode_selection([])) == []
+
+
+def test_a_decoded_selection_knows_each_node_ids_first_position() -> None:
+    tests = [SelectedTest("a.py::t", "a.py"), SelectedTest("b.py::t", "b.py")]
+    tests += [SelectedTest("a.py::t", "a.py"), SelectedTest("b.py::u", "b.py")]
+    decoded, first = _decoded(encode_selection(tests))
+    assert decoded == tuple(tests)
+    assert all(type(test) is SelectedTest for test in decoded)
+    assert first == {"a.py::t": 0, "b.py::t": 1, "b.py::u": 3}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"nodeids": ["a.py::t", "a.py::u"], "files": ["a.py"], "file_of": [0]},
+        {"nodeids": ["a.py::t"], "files": ["a.py"], "file_of": [1]},
+        {"nodeids": ["a.py::t"], "files": ["a.py"], "file_of": ["0"]},
+        {"nodeids": [["a.py::t"]], "files": ["a.py"], "file_of": [0]},
+        {"nodeids": ["a.py::t"], "file_of": [0]},
+    ],
+)
+def test_a_damaged_selection_is_refused_as_damage(payload: dict[str, object]) -> None:
+    blob = zlib.compress(json.dumps(payload).encode())
+    with pytest.raises((ValueError, TypeError, KeyError, IndexError)):
+        _decoded(blob)

@@ -59,6 +59,7 @@ from pytest_rerun_runs.store.model import (
     imported_results,
     is_settled,
     legacy_uid,
+    reported_outcomes,
     results_in_selection_order,
     status_from_exit,
 )
@@ -766,6 +767,7 @@ class PostgresStore:
 
     def get_run(self, run_id: int, outcomes: Collection[str] | None = None) -> Run:
         summary = self.get_summary(run_id)
+        outcomes = reported_outcomes(summary, outcomes)
         query = (
             "SELECT position, nodeid, outcome, phase, setup_us, call_us, teardown_us, worker,"
             " longrepr, rerun_attempts, file FROM results WHERE run_id = %s"

@@ -22,6 +22,7 @@ import time
 import zlib
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ from pytest_rerun_runs.store.model import (
     imported_results,
     is_settled,
     legacy_uid,
+    reported_outcomes,
     results_in_selection_order,
     status_from_exit,
 )
@@ -345,14 +347,13 @@ def _decoded(blob: bytes) -> tuple[tuple[SelectedTest, ...], dict[str, int]]:
     """A selection and each node id's first position. Runs of one suite share
     their selection, so reading many runs decodes it once."""
     payload = json.loads(zlib.decompress(blob))
-    files = payload["files"]
-    tests = tuple(
-        SelectedTest(nodeid, files[index])
-        for nodeid, index in zip(payload["nodeids"], payload["file_of"], strict=True)
-    )
-    first: dict[str, int] = {}
-    for position, test in enumerate(tests):
-        first.setdefault(test.nodeid, position)
+    nodeids = payload["nodeids"]
+    # Built without a Python frame per test: a retry of a few failures decodes
+    # its source's whole selection, and should cost what the failures cost.
+    files = map(payload["files"].__getitem__, payload["file_of"])
+    tests = tuple(map(tuple.__new__, repeat(SelectedTest), zip(nodeids, files, strict=True)))
+    # Filled from the end, so that a node id selected twice keeps its first position.
+    first = dict(zip(reversed(nodeids), range(len(nodeids) - 1, -1, -1), strict=True))
     return tests, first
 
 
@@ -984,6 +985,7 @@ class SqliteStore:
         the few failures of a large run, not all of its results).
         """
         summary = self.get_summary(run_id)
+        outcomes = reported_outcomes(summary, outcomes)
         query = (
             "SELECT position, nodeid, outcome, phase, setup_us, call_us, teardown_us,"
             " worker, longrepr, rerun_attempts, file FROM results WHERE run_id = ?"
