@@ -4,6 +4,7 @@
     python benchmarks/run.py            # 2,000 tests in 200 files (under 10 minutes)
     python benchmarks/run.py --large    # also 20,000 tests in 2,000 files and in 200 files
     python benchmarks/run.py --instructions  # also instruction counts (valgrind's callgrind)
+    python benchmarks/run.py --large --instructions --instructions-large  # on every suite
 
 Everything runs on generated suites under ``benchmarks/.work/``, in virtual
 environments this command creates there itself:
@@ -739,6 +740,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also count instructions (valgrind's callgrind) on the 2,000-test suite",
     )
+    parser.add_argument(
+        "--instructions-large",
+        action="store_true",
+        help="with --large, count them on the 20,000-test suites too (about 40 minutes more)",
+    )
     args = parser.parse_args(argv)
     options = argv if argv is not None else sys.argv[1:]
 
@@ -766,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for spec in specs:
         suite = generate_suite(spec)
         report += ["", f"## {spec.name}, {spec.failures} failing", ""]
-        if args.instructions and spec.tests < 20_000:
+        if args.instructions and (spec.tests < 20_000 or args.instructions_large):
             if shutil.which("valgrind") is None:
                 raise SystemExit("--instructions needs valgrind")
             report += counted(spec, suite, peers)

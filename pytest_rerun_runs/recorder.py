@@ -145,7 +145,9 @@ class Recorder:
         #: selected several times (--keep-duplicates): a list per test would be
         #: thousands of objects more for the garbage collector to count and scan.
         self._positions: dict[str, int | list[int]] = {}
-        self._placed: set[int] = set()
+        #: One byte per selection position, set once a result took it: unlike a
+        #: set of positions, nothing for the garbage collector to scan.
+        self._placed = bytearray()
         self._next_extra = 0
         self._selection_size = 0
         self._counts = empty_counts()
@@ -161,13 +163,13 @@ class Recorder:
         candidates = self._positions.get(nodeid)
         if candidates is not None:
             if isinstance(candidates, int):
-                if candidates in self._placed:
+                if self._placed[candidates]:
                     return None
-                self._placed.add(candidates)
+                self._placed[candidates] = 1
                 return candidates
             for position in candidates:
-                if position not in self._placed:
-                    self._placed.add(position)
+                if not self._placed[position]:
+                    self._placed[position] = 1
                     return position
             return None
         position = self._next_extra
@@ -240,6 +242,7 @@ class Recorder:
                     first.append(position)
         self._positions = positions
         self._selection_size = self._next_extra = len(selection.tests)
+        self._placed = bytearray(self._selection_size)
         placed = ((r, self._position(r[0])) for r in self._pending)
         self._pending = [(*r[:-1], p) for r, p in placed if p is not None]
         try:
@@ -328,8 +331,8 @@ class Recorder:
                             position: int | None = -1
                             if started:
                                 found = positions.get(nodeid)
-                                if type(found) is int and found not in placed:
-                                    placed.add(found)
+                                if type(found) is int and not placed[found]:
+                                    placed[found] = 1
                                     position = found
                                 else:
                                     position = self._position(nodeid)
@@ -495,7 +498,7 @@ class Recorder:
         """Outcomes so far, with ``not_run`` for selected tests that did not report."""
         self._read_reports()
         counts = dict(self._counts)
-        counts["not_run"] += self._selection_size - len(self._placed)
+        counts["not_run"] += self._selection_size - self._placed.count(1)
         return counts
 
     @property

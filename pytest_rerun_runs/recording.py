@@ -134,6 +134,9 @@ class RecordingPlugin:
             on_cancel=self._cancel,
         )
         self.session: pytest.Session | None = None
+        # pytest_runtest_logreport is the recorder's own method: pluggy calls it
+        # three times a test, with no frame of this plugin's in between.
+        self.pytest_runtest_logreport = self.recorder.add_test_report
         self.uploaded: list[tuple[str, int]] = []
         self.created_at = time.time()
         self.deselected = 0
@@ -357,9 +360,6 @@ class RecordingPlugin:
         )
 
     # -- running ------------------------------------------------------------------
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.recorder.add_test_report(report)
 
     def pytest_report_collectionfinish(self) -> list[str]:
         return self._start_lines()

@@ -590,6 +590,19 @@ def test_terminal_lines_at_start_and_end(pytester: pytest.Pytester) -> None:
     assert result.stdout.str().count("recording run") == 1
 
 
+def test_the_end_line_counts_the_tests_a_stopped_session_never_ran(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_d="def test_a(): pass\ndef test_b(): assert 0\n"
+        "def test_c(): pass\ndef test_d(): pass\n"
+    )
+    # test_a is selected twice: both of its places are taken, the last two never are.
+    result = pytester.runpytest("-x", "--keep-duplicates", "test_d.py::test_a", "test_d.py")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["run 1 recorded: 2 passed, 1 failed, 2 not run in *"])
+
+
 def test_quiet_quiet_prints_nothing(pytester: pytest.Pytester, store_path: Path) -> None:
     pytester.makepyfile("def test_a(): pass\n")
     result = pytester.runpytest("-qq")
