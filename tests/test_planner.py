@@ -18,7 +18,6 @@ from pytest_rerun_runs.store import (
     RunInProgress,
     SelectedTest,
 )
-from pytest_rerun_runs.store.model import reported_outcomes
 from tests.test_analysis import make_run
 
 SOURCE: dict[str, Outcome] = {
@@ -71,17 +70,6 @@ def test_a_collection_error_of_a_selected_node_id_is_no_collector() -> None:
     plan = plan_retry(source, failed_only=True)
     assert [t.nodeid for t in plan.tests] == ["t.py::a"]
     assert plan.collectors == (SelectedTest("broken.py", "broken.py"),)
-
-
-def test_only_a_run_with_unreported_tests_is_searched_for_them() -> None:
-    wanted = frozenset({"failed", "error", "not_run"})
-    everything_reported = make_run(1, {"t.py::a": "failed"}).summary
-    assert everything_reported.counts["not_run"] == 0
-    assert reported_outcomes(everything_reported, wanted) == {"failed", "error"}
-    unreported = make_run(2, {"t.py::a": "failed", "t.py::b": "not_run"}).summary
-    assert reported_outcomes(unreported, wanted) == wanted
-    assert reported_outcomes(everything_reported, None) is None
-    assert reported_outcomes(everything_reported, {"failed"}) == {"failed"}
 
 
 def test_nothing_to_retry() -> None:

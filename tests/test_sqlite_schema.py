@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from pytest_rerun_runs.store import SelectedTest, Selection, legacy_uid, open_store
+from pytest_rerun_runs.store import (
+    Result,
+    RunDamaged,
+    RunFinish,
+    SelectedTest,
+    Selection,
+    legacy_uid,
+    open_store,
+)
 from pytest_rerun_runs.store.sqlite import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -160,9 +168,56 @@ def test_a_decoded_selection_knows_each_node_ids_first_position() -> None:
         {"nodeids": ["a.py::t"], "files": ["a.py"], "file_of": ["0"]},
         {"nodeids": [["a.py::t"]], "files": ["a.py"], "file_of": [0]},
         {"nodeids": ["a.py::t"], "file_of": [0]},
+        {"nodeids": ["a.py::t"], "files": None, "file_of": [0]},
+        {"nodeids": ["a.py::t"], "files": 3, "file_of": [0]},
     ],
 )
 def test_a_damaged_selection_is_refused_as_damage(payload: dict[str, object]) -> None:
     blob = zlib.compress(json.dumps(payload).encode())
     with pytest.raises((ValueError, TypeError, KeyError, IndexError)):
         _decoded(blob)
+
+
+def test_a_selection_whose_files_are_not_a_list_is_that_runs_damage(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "runs.db"))
+    try:
+        run_id = store.create_run(make_new_run(), Selection([SelectedTest("a.py::t", "a.py")]))
+        payload = {"nodeids": ["a.py::t"], "files": None, "file_of": [0]}
+        connection = sqlite3.connect(tmp_path / "runs.db")
+        with connection:
+            connection.execute(
+                "UPDATE runs SET selection = ? WHERE id = ?",
+                (zlib.compress(json.dumps(payload).encode()), run_id),
+            )
+        connection.close()
+        with pytest.raises(RunDamaged, match=f"run {run_id} .* is damaged"):
+            store.get_run(run_id)
+    finally:
+        store.close()
+
+
+def test_unreported_tests_are_found_from_the_results_not_the_counts(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "runs.db"))
+    try:
+        selection = Selection([SelectedTest(f"a.py::t{i}", "a.py") for i in range(3)])
+        run_id = store.create_run(make_new_run(), selection)
+        failed = Result("a.py::t0", "failed", "call", position=0)
+        store.finish_run(run_id, RunFinish(1, 2.0), [failed])
+        # Counts that say every test reported (a store written by an older version
+        # kept an imported run's counts from its file) do not hide the two that did not.
+        connection = sqlite3.connect(tmp_path / "runs.db")
+        with connection:
+            connection.execute("DROP TRIGGER finished_runs_are_immutable")
+            counts = {"passed": 2, "failed": 1, "not_run": 0}
+            connection.execute(
+                "UPDATE runs SET counts = ? WHERE id = ?", (json.dumps(counts), run_id)
+            )
+        connection.close()
+        run = store.get_run(run_id, {"failed", "error", "not_run"})
+        assert [(r.nodeid, r.outcome) for r in run.results] == [
+            ("a.py::t0", "failed"),
+            ("a.py::t1", "not_run"),
+            ("a.py::t2", "not_run"),
+        ]
+    finally:
+        store.close()

@@ -284,6 +284,33 @@ def test_results_outside_the_selection_come_after_it(store: RunStore) -> None:
     ]
 
 
+def test_the_failures_of_a_run_where_every_test_reported_are_all_it_retries(
+    store: RunStore,
+) -> None:
+    run_id = store.create_run(make_new_run(), ABC)
+    store.finish_run(
+        run_id,
+        RunFinish(1, 2.0),
+        [
+            Result("t.py::a", "passed", "call", position=0),
+            Result("t.py::b", "failed", "call", position=1),
+            Result("t.py::c", "error", "setup", position=2),
+        ],
+    )
+    wanted = {"failed", "error", "not_run"}
+    assert outcomes_of(store.get_run(run_id, wanted)) == [
+        ("t.py::b", "failed"),
+        ("t.py::c", "error"),
+    ]
+    running = store.create_run(make_new_run(), ABC)
+    store.append_results(running, [Result("t.py::b", "failed", "call", position=1)])
+    assert outcomes_of(store.get_run(running, wanted)) == [
+        ("t.py::a", "not_run"),
+        ("t.py::b", "failed"),
+        ("t.py::c", "not_run"),
+    ]
+
+
 def test_a_result_without_a_position_is_refused(store: RunStore) -> None:
     run_id = store.create_run(make_new_run(), ABC)
     with pytest.raises(InvalidResult):

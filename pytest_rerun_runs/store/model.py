@@ -567,16 +567,6 @@ def legacy_uid(created_at: float, host: str | None, pid: int | None, run_id: int
     return uuid.uuid5(uuid.NAMESPACE_OID, f"pytest-runs:{created_at!r}:{host}:{pid}:{run_id}").hex
 
 
-def reported_outcomes(
-    summary: RunSummary, outcomes: Collection[str] | None
-) -> Collection[str] | None:
-    """``outcomes`` without ``not_run`` when the run's counts say every selected test
-    reported: then no position of its selection needs to be looked at."""
-    if outcomes is not None and "not_run" in outcomes and summary.counts.get("not_run") == 0:
-        return frozenset(outcomes) - {"not_run"}
-    return outcomes
-
-
 def results_in_selection_order(
     selection: Sequence[SelectedTest],
     stored: Iterable[Result],

@@ -59,7 +59,6 @@ from pytest_rerun_runs.store.model import (
     imported_results,
     is_settled,
     legacy_uid,
-    reported_outcomes,
     results_in_selection_order,
     status_from_exit,
 )
@@ -767,7 +766,6 @@ class PostgresStore:
 
     def get_run(self, run_id: int, outcomes: Collection[str] | None = None) -> Run:
         summary = self.get_summary(run_id)
-        outcomes = reported_outcomes(summary, outcomes)
         query = (
             "SELECT position, nodeid, outcome, phase, setup_us, call_us, teardown_us, worker,"
             " longrepr, rerun_attempts, file FROM results WHERE run_id = %s"
@@ -781,13 +779,23 @@ class PostgresStore:
             rows = self._execute(query, params).fetchall()
             reported: set[int] = set()
             if outcomes is not None and "not_run" in outcomes:
-                reported = {
-                    p
-                    for (p,) in self._execute(
-                        "SELECT position FROM results WHERE run_id = %s AND position < %s",
-                        (run_id, len(selection)),
-                    )
-                }
+                # Positions are unique: as many inside the selection as it holds
+                # means every selected test reported, and none is looked at.
+                (inside,) = self._execute(
+                    "SELECT count(*) FROM results WHERE run_id = %s AND position >= 0"
+                    " AND position < %s",
+                    (run_id, len(selection)),
+                ).fetchone()
+                if inside == len(selection):
+                    outcomes = frozenset(outcomes) - {"not_run"}
+                else:
+                    reported = {
+                        p
+                        for (p,) in self._execute(
+                            "SELECT position FROM results WHERE run_id = %s AND position < %s",
+                            (run_id, len(selection)),
+                        )
+                    }
         stored = [
             Result(
                 selection[position].nodeid if nodeid is None else nodeid,

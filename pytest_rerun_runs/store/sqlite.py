@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import repeat
+from operator import getitem
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,6 @@ from pytest_rerun_runs.store.model import (
     imported_results,
     is_settled,
     legacy_uid,
-    reported_outcomes,
     results_in_selection_order,
     status_from_exit,
 )
@@ -350,7 +350,7 @@ def _decoded(blob: bytes) -> tuple[tuple[SelectedTest, ...], dict[str, int]]:
     nodeids = payload["nodeids"]
     # Built without a Python frame per test: a retry of a few failures decodes
     # its source's whole selection, and should cost what the failures cost.
-    files = map(payload["files"].__getitem__, payload["file_of"])
+    files = map(getitem, repeat(payload["files"]), payload["file_of"])
     tests = tuple(map(tuple.__new__, repeat(SelectedTest), zip(nodeids, files, strict=True)))
     # Filled from the end, so that a node id selected twice keeps its first position.
     first = dict(zip(reversed(nodeids), range(len(nodeids) - 1, -1, -1), strict=True))
@@ -985,7 +985,6 @@ class SqliteStore:
         the few failures of a large run, not all of its results).
         """
         summary = self.get_summary(run_id)
-        outcomes = reported_outcomes(summary, outcomes)
         query = (
             "SELECT position, nodeid, outcome, phase, setup_us, call_us, teardown_us,"
             " worker, longrepr, rerun_attempts, file FROM results WHERE run_id = ?"
@@ -1001,13 +1000,23 @@ class SqliteStore:
             rows = self._connection.execute(query, parameters).fetchall()
             reported: set[int] = set()
             if outcomes is not None and "not_run" in outcomes:
-                reported = {
-                    position
-                    for (position,) in self._connection.execute(
-                        "SELECT position FROM results WHERE run_id = ? AND position < ?",
-                        (run_id, size),
-                    )
-                }
+                # Positions are unique: as many inside the selection as it holds
+                # means every selected test reported, and none is looked at.
+                (inside,) = self._connection.execute(
+                    "SELECT count(*) FROM results WHERE run_id = ? AND position >= 0"
+                    " AND position < ?",
+                    (run_id, size),
+                ).fetchone()
+                if inside == size:
+                    outcomes = frozenset(outcomes) - {"not_run"}
+                else:
+                    reported = {
+                        position
+                        for (position,) in self._connection.execute(
+                            "SELECT position FROM results WHERE run_id = ? AND position < ?",
+                            (run_id, size),
+                        )
+                    }
         all_outcomes, phases = OUTCOMES, PHASES
         stored = [
             Result(
