@@ -22,6 +22,7 @@ import pytest
 from pytest_rerun_runs.access import parse_rate_limit
 from pytest_rerun_runs.planner import RetryPlan
 from pytest_rerun_runs.store import (
+    RETRY_OUTCOMES,
     AccessStore,
     AlreadyClaimed,
     ConflictingSelection,
@@ -297,14 +298,13 @@ def test_the_failures_of_a_run_where_every_test_reported_are_all_it_retries(
             Result("t.py::c", "error", "setup", position=2),
         ],
     )
-    wanted = {"failed", "error", "not_run"}
-    assert outcomes_of(store.get_run(run_id, wanted)) == [
+    assert outcomes_of(store.get_run(run_id, RETRY_OUTCOMES)) == [
         ("t.py::b", "failed"),
         ("t.py::c", "error"),
     ]
     running = store.create_run(make_new_run(), ABC)
     store.append_results(running, [Result("t.py::b", "failed", "call", position=1)])
-    assert outcomes_of(store.get_run(running, wanted)) == [
+    assert outcomes_of(store.get_run(running, RETRY_OUTCOMES)) == [
         ("t.py::a", "not_run"),
         ("t.py::b", "failed"),
         ("t.py::c", "not_run"),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -62,7 +61,12 @@ from pytest_rerun_runs.store.model import (
     results_in_selection_order,
     status_from_exit,
 )
-from pytest_rerun_runs.store.sqlite import _decoded, encode_selection, same_selection
+from pytest_rerun_runs.store.sqlite import (
+    SELECTION_DAMAGE,
+    _decoded,
+    encode_selection,
+    same_selection,
+)
 
 _MAX_ID = 2**63 - 1
 _OUTCOME_CODE: dict[str, int] = {outcome: code for code, outcome in enumerate(OUTCOMES)}
@@ -758,7 +762,7 @@ class PostgresStore:
             return (), {}
         try:
             return _decoded(bytes(row[0]))
-        except (ValueError, TypeError, KeyError, IndexError, zlib.error) as exc:
+        except SELECTION_DAMAGE as exc:
             raise RunDamaged(
                 f"run {run_id} in {self.location} is damaged ({exc}); other runs are readable",
                 run_id=run_id,

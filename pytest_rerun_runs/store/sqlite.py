@@ -342,6 +342,10 @@ def decode_selection(blob: bytes | None) -> list[SelectedTest]:
     return list(_decoded(blob)[0])
 
 
+#: What decoding a damaged selection raises (``_decoded``): that run's damage alone.
+SELECTION_DAMAGE = (ValueError, TypeError, KeyError, IndexError, zlib.error)
+
+
 @functools.lru_cache(maxsize=8)
 def _decoded(blob: bytes) -> tuple[tuple[SelectedTest, ...], dict[str, int]]:
     """A selection and each node id's first position. Runs of one suite share
@@ -1061,7 +1065,7 @@ class SqliteStore:
             return (), {}
         try:
             return _decoded(row[0])
-        except (ValueError, TypeError, KeyError, IndexError, zlib.error) as exc:
+        except SELECTION_DAMAGE as exc:
             raise RunDamaged(
                 f"run {run_id} in {self.location} is damaged ({exc}); other runs are readable",
                 run_id=run_id,
