@@ -20,7 +20,7 @@ import os
 import sqlite3
 import time
 import zlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import repeat
 from operator import getitem
@@ -71,6 +71,27 @@ from pytest_rerun_runs.store.model import (
 )
 
 BUSY_TIMEOUT_SECONDS = 5.0
+
+
+def _when_not_busy(statement: Callable[[], object], timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
+    """Run ``statement`` again while the file is busy, for at most ``timeout``.
+
+    SQLite's busy timeout does not cover every statement: turning a store to WAL
+    fails at once while another session reads it, as one that is creating the
+    same store does.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as exc:
+            if not str(exc).startswith("database is locked") or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
 
 _RAISE_FINISHED = "SELECT RAISE(ABORT, 'pytest-rerun-runs: a finished run cannot be changed')"
 
@@ -470,8 +491,17 @@ class SqliteStore:
         """The schema version, after migrating a writable store forward."""
         with self._errors("open"):
             connection = self._connection
-            # What the file is, before any statement that could change it.
-            version = self._schema_version()
+            # What the file is, before any statement that could change it, read
+            # in one transaction: a store another session is creating is seen
+            # either empty or whole.
+            connection.execute("BEGIN")
+            try:
+                version = self._schema_version()
+                has_tables = bool(
+                    connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                )
+            finally:
+                connection.execute("COMMIT")
             if version > SCHEMA_VERSION:
                 raise StoreTooNew(
                     f"run store {self.location} was written by a newer pytest-rerun-runs"
@@ -480,10 +510,7 @@ class SqliteStore:
                     schema=version,
                     known=SCHEMA_VERSION,
                 )
-            if (
-                version == 0
-                and connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            ):
+            if version == 0 and has_tables:
                 raise StoreError(
                     f"{self.location} is an SQLite database but not a run store;"
                     " it was left untouched"
@@ -493,7 +520,7 @@ class SqliteStore:
                     raise StoreError(f"{self.location} is not a run store (an empty database)")
                 return version
             if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                connection.execute("PRAGMA journal_mode=WAL")
+                _when_not_busy(lambda: connection.execute("PRAGMA journal_mode=WAL"))
             connection.execute("PRAGMA synchronous=NORMAL")
             if version == SCHEMA_VERSION:
                 return version
