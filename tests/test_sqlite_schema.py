@@ -153,6 +153,37 @@ def test_a_selection_is_encoded_with_each_file_once() -> None:
     assert decode_selection(encode_selection([])) == []
 
 
+@pytest.mark.parametrize(
+    "nodeids",
+    [
+        [],
+        [""],
+        ["", ""],
+        ["a.py::t[x]", "a.py::t[y]"],
+        ['a.py::t["]'],
+        ['a.py::t[","]', "a.py::u"],
+        ["a.py::t[\\]"],
+        ["a.py::t[\n]"],
+        ["a.py::t[\x7f]"],
+        ["a.py::t[\u00e9]"],
+        ["a.py::t[\udce9]"],
+        ["a.py::t[\u2028]"],
+    ],
+)
+def test_a_selection_is_the_json_that_json_dumps_gives(nodeids: list[str]) -> None:
+    # Node ids that need no escaping are joined by hand: the text must be the
+    # one every version wrote, whatever the node ids hold.
+    tests = [SelectedTest(nodeid, f"f{i % 2}.py") for i, nodeid in enumerate(nodeids)]
+    payload = {
+        "nodeids": nodeids,
+        "files": list(dict.fromkeys(test.file for test in tests)),
+        "file_of": [i % 2 for i in range(len(nodeids))],
+    }
+    blob = encode_selection(tests)
+    assert zlib.decompress(blob) == json.dumps(payload, separators=(",", ":")).encode()
+    assert decode_selection(blob) == tests
+
+
 def test_a_decoded_selection_knows_each_node_ids_first_position() -> None:
     tests = [SelectedTest("a.py::t", "a.py"), SelectedTest("b.py::t", "b.py")]
     tests += [SelectedTest("a.py::t", "a.py"), SelectedTest("b.py::u", "b.py")]

@@ -336,6 +336,21 @@ def test_a_result_must_fit_its_position(store: RunStore) -> None:
     ]
 
 
+@pytest.mark.parametrize("worker", [None, "gw1"])
+def test_every_field_of_a_result_is_kept(store: RunStore, worker: str | None) -> None:
+    # Without a worker, a batch of results is written column by column.
+    run_id = store.create_run(make_new_run(), ABC)
+    sent = [
+        Result("t.py::a", "passed", "call", 0.000001, 0.25, 1.5, worker, None, 0, None, 0),
+        Result("t.py::b", "skipped", "setup", 0.125, 0.0, 0.5, worker, None, 2, None, 1),
+        Result("t.py::c", "failed", "teardown", 3.0, 0.000002, 0.75, worker, None, 1, None, 2),
+    ]
+    store.append_results(run_id, sent)
+    store.finish_run(run_id, RunFinish(1, 2.0))
+    # Positions are where the results stand; not every store gives them back.
+    assert [result[:-1] for result in store.get_run(run_id).results] == [r[:-1] for r in sent]
+
+
 def test_a_queued_run_takes_no_results_before_it_is_claimed(store: RunStore) -> None:
     run_id = queued(store)
     with pytest.raises(NotClaimed):

@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import repeat
-from operator import getitem
+from operator import getitem, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -326,13 +326,43 @@ def summary_columns(version: int) -> str:
     )
 
 
+#: What JSON escapes: quote, backslash, control characters, DEL and (as ``json.dumps``
+#: writes ASCII) every byte of a character beyond ASCII.
+_ESCAPED_IN_JSON = bytes([*range(0x20), ord('"'), ord("\\"), *range(0x7F, 0x100)])
+
+
 def encode_selection(tests: Sequence[SelectedTest]) -> bytes:
-    files: dict[str, int] = {}
-    file_of = [files.setdefault(test.file, len(files)) for test in tests]
-    payload = {"nodeids": [t.nodeid for t in tests], "files": list(files), "file_of": file_of}
-    # Level 5: as small as level 6 on node ids, in about 60 % of its time (which a
-    # session of many tests pays when collection ends); level 1 is a tenth larger.
-    return zlib.compress(json.dumps(payload, separators=(",", ":")).encode(), 5)
+    """The selection as compressed JSON: its node ids, its files once each, and
+    the file of each node id.
+
+    A session of many tests pays this when collection ends, so it is built
+    without a Python step per test: node ids in which JSON escapes nothing
+    (printable ASCII without quote or backslash, as pytest's own are) are joined
+    as they are, which is the text ``json.dumps`` writes; level 1 compresses it
+    in half the time of level 5, a fifth larger.
+    """
+    nodeids = list(map(itemgetter(0), tests))
+    names = list(map(itemgetter(1), tests))
+    files = list(dict.fromkeys(names))
+    index = {file: number for number, file in enumerate(files)}
+    file_of = list(map(index.__getitem__, names))
+    joined = '","'.join(nodeids).encode("utf-8", "surrogatepass")
+    # Of the bytes JSON would escape, only the quotes of the separators may be here.
+    if nodeids and len(joined.translate(None, _ESCAPED_IN_JSON)) == len(joined) - 2 * (
+        len(nodeids) - 1
+    ):
+        compact = (",", ":")
+        return zlib.compress(
+            b'{"nodeids":["%s"],"files":%s,"file_of":%s}'
+            % (
+                joined,
+                json.dumps(files, separators=compact).encode(),
+                json.dumps(file_of, separators=compact).encode(),
+            ),
+            1,
+        )
+    payload = {"nodeids": nodeids, "files": files, "file_of": file_of}
+    return zlib.compress(json.dumps(payload, separators=(",", ":")).encode(), 1)
 
 
 #: Results without a worker, a text or a place outside the selection, inserted
