@@ -531,7 +531,8 @@ class SqliteStore:
                     connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
                 )
             finally:
-                connection.execute("COMMIT")
+                if connection.in_transaction:
+                    connection.execute("COMMIT")
             if version > SCHEMA_VERSION:
                 raise StoreTooNew(
                     f"run store {self.location} was written by a newer pytest-rerun-runs"
