@@ -459,6 +459,11 @@ def store_with_history(source: Path, runs: int) -> Path:
                 (new,),
             )
             connection.execute(
+                "INSERT INTO passed_results SELECT ?, results FROM passed_results"
+                " WHERE run_id = 1 ORDER BY rowid",
+                (new,),
+            )
+            connection.execute(
                 "UPDATE runs SET root_run_id = id, uid = hex(randomblob(16)),"
                 " finished_at = created_at + 1 WHERE id = ?",
                 (new,),
@@ -653,6 +658,8 @@ if not big.exists():
         c.execute("INSERT INTO results SELECT ?, position, outcome, phase, setup_us, call_us,"
                   " teardown_us, worker, longrepr, rerun_attempts, nodeid, file FROM results"
                   " WHERE run_id = 1", (new,))
+        c.execute("INSERT INTO passed_results SELECT ?, results FROM passed_results"
+                  " WHERE run_id = 1 ORDER BY rowid", (new,))
         c.execute("UPDATE runs SET root_run_id = id, finished_at = created_at + 1 WHERE id = ?",
                   (new,))
     c.execute("COMMIT")

@@ -653,16 +653,24 @@ def test_default_store_is_gitignored(pytester: pytest.Pytester, store_path: Path
 def test_finished_runs_are_immutable_in_the_database(
     pytester: pytest.Pytester, store_path: Path
 ) -> None:
-    pytester.makepyfile("def test_a(): pass\n")
+    # A passing result is stored in a batch, a failing one in a row.
+    pytester.makepyfile("def test_a(): pass\ndef test_b(): assert 0\n")
     pytester.runpytest()
     connection = sqlite3.connect(store_path)
     try:
+        assert connection.execute("SELECT count(*) FROM passed_results").fetchone() == (1,)
+        assert connection.execute("SELECT count(*) FROM results").fetchone() == (1,)
         for statement in (
             "UPDATE runs SET status = 'failed'",
             "DELETE FROM runs",
             "UPDATE results SET outcome = 1",
             "DELETE FROM results",
             "INSERT INTO results VALUES (1, 5, 0, 1, 0, 0, 0, NULL, NULL, 0, 'x', 'x')",
+            "UPDATE passed_results SET results = '[]'",
+            "DELETE FROM passed_results",
+            "INSERT INTO passed_results VALUES (1, '[[1,0,0,0]]')",
+            "INSERT OR REPLACE INTO passed_results (rowid, run_id, results)"
+            " SELECT rowid, run_id, '[]' FROM passed_results",
         ):
             with pytest.raises(sqlite3.IntegrityError, match="a finished run cannot be changed"):
                 connection.execute(statement)
@@ -675,8 +683,14 @@ def test_results_view_spells_outcomes(pytester: pytest.Pytester, store_path: Pat
     pytester.runpytest()
     connection = sqlite3.connect(store_path)
     try:
-        rows = connection.execute("SELECT outcome, phase FROM results_view ORDER BY position")
-        assert rows.fetchall() == [("passed", "call"), ("failed", "call")]
+        rows = connection.execute(
+            "SELECT position, outcome, phase, duration >= 0, worker, rerun_attempts"
+            " FROM results_view ORDER BY position"
+        )
+        assert rows.fetchall() == [
+            (0, "passed", "call", 1, None, 0),
+            (1, "failed", "call", 1, None, 0),
+        ]
     finally:
         connection.close()
 

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,8 +24,12 @@ from pytest_rerun_runs.store.sqlite import (
     MIGRATIONS,
     SCHEMA_VERSION,
     SELECTION_DAMAGE,
+    SqliteStore,
     _decoded,
+    _split_statements,
+    decode_passed,
     decode_selection,
+    encode_passed,
     encode_selection,
 )
 from tests.conftest import make_new_run
@@ -254,5 +259,208 @@ def test_unreported_tests_are_found_from_the_results_not_the_counts(tmp_path: Pa
             ("a.py::t1", "not_run"),
             ("a.py::t2", "not_run"),
         ]
+    finally:
+        store.close()
+
+
+def passing(position: int, worker: str | None = None, **fields: Any) -> Result:
+    return Result(
+        f"a.py::t{position}", "passed", "call", position=position, worker=worker
+    )._replace(**fields)
+
+
+@pytest.mark.parametrize(
+    "workers",
+    [
+        [None, None, None],
+        ["gw0", "gw1", "gw0"],
+        [None, "gw0", None],
+        ['a "quoted" one', "back\\slash", "new\nline"],
+        ["\u00e9t\u00e9", "\u2028", "\ud800"],
+    ],
+)
+def test_a_batch_of_passing_results_round_trips(workers: list[str | None]) -> None:
+    durations = [(0.0015, 2.5e-7, 12.3456789), (1, 0, 2), (0.1 + 0.2, 1e-6, 0.0000005)]
+    results = [
+        passing(
+            position, worker, setup_duration=setup, call_duration=call, teardown_duration=teardown
+        )
+        for position, (worker, (setup, call, teardown)) in enumerate(
+            zip(workers, durations, strict=True)
+        )
+    ]
+    text = encode_passed(list(zip(*results, strict=True)))
+    assert text.isascii()
+    assert decode_passed(text, 3) == [
+        (
+            r.position,
+            round(r.setup_duration * 1_000_000),
+            round(r.call_duration * 1_000_000),
+            round(r.teardown_duration * 1_000_000),
+            r.worker,
+        )
+        for r in results
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{}",
+        "[[0, 1, 2]]",
+        "[[0, 1, 2, 3, null, 5]]",
+        "[[3, 0, 0, 0]]",
+        "[[-1, 0, 0, 0]]",
+        "[[0.5, 0, 0, 0]]",
+        "[[0, 1.5, 0, 0]]",
+        '[[0, "1", 0, 0]]',
+        "[[0, 0, 0, 0, 7]]",
+        "[[true, 0, 0, 0]]",
+        "[0]",
+        "[[0, 0, 0, 0]",
+    ],
+)
+def test_a_batch_of_passing_results_this_module_did_not_write_is_refused(text: str) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        decode_passed(text, 3)
+
+
+def test_a_session_stores_its_passing_results_a_batch_to_a_row(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "runs.db"))
+    try:
+        selection = Selection([SelectedTest(f"a.py::t{i}", "a.py") for i in range(6)])
+        run_id = store.create_run(make_new_run(), selection)
+        store.append_results(run_id, [passing(0), passing(1, "gw0")])
+        failed = Result("a.py::t3", "failed", "call", longrepr="no", position=3)
+        store.append_results(run_id, [passing(2), failed, passing(4, rerun_attempts=1)])
+        store.finish_run(run_id, RunFinish(1, 2.0))
+        connection = sqlite3.connect(tmp_path / "runs.db")
+        try:
+            batches = connection.execute("SELECT results FROM passed_results ORDER BY rowid")
+            assert [json.loads(text) for (text,) in batches] == [
+                [[0, 0, 0, 0, None], [1, 0, 0, 0, "gw0"]],
+                [[2, 0, 0, 0]],
+            ]
+            rows = connection.execute("SELECT position FROM results ORDER BY position")
+            assert rows.fetchall() == [(3,), (4,)]
+            view = connection.execute(
+                "SELECT position, outcome, worker, rerun_attempts FROM results_view"
+                " ORDER BY position"
+            )
+            assert view.fetchall() == [
+                (0, "passed", None, 0),
+                (1, "passed", "gw0", 0),
+                (2, "passed", None, 0),
+                (3, "failed", None, 0),
+                (4, "passed", None, 1),
+            ]
+        finally:
+            connection.close()
+        run = store.get_run(run_id)
+        assert [(r.nodeid, r.outcome, r.worker) for r in run.results] == [
+            ("a.py::t0", "passed", None),
+            ("a.py::t1", "passed", "gw0"),
+            ("a.py::t2", "passed", None),
+            ("a.py::t3", "failed", None),
+            ("a.py::t4", "passed", None),
+            ("a.py::t5", "not_run", None),
+        ]
+        assert run.summary.counts == {
+            **run.summary.counts,
+            "passed": 4,
+            "failed": 1,
+            "not_run": 1,
+        }
+        assert store.get_outcomes(run_id, ["a.py::t1", "a.py::t3", "a.py::t5"]) == {
+            "a.py::t1": "passed",
+            "a.py::t3": "failed",
+            "a.py::t5": "not_run",
+        }
+        retried = store.get_run(run_id, RETRY_OUTCOMES)
+        assert [(r.nodeid, r.outcome) for r in retried.results] == [
+            ("a.py::t3", "failed"),
+            ("a.py::t5", "not_run"),
+        ]
+    finally:
+        store.close()
+
+
+def schema_4_store(path: Path) -> None:
+    """A store as pytest-rerun-runs left it before passing results were batched:
+    a finished run and a running one, each with a passing result in a row."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.create_function("legacy_uid", 4, legacy_uid, deterministic=True)
+    connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    connection.execute("INSERT INTO schema_version VALUES (4)")
+    for script in MIGRATIONS[:4]:
+        for statement in _split_statements(script):
+            connection.execute(statement)
+    blob = encode_selection([SelectedTest(f"a.py::t{i}", "a.py") for i in range(3)])
+    for run_id, finished_at in ((1, 2.0), (2, None)):
+        connection.execute(
+            "INSERT INTO runs (id, uid, status, created_at, started_at, invocation, host, pid,"
+            " root_run_id, selection, selection_size, last_seen_at)"
+            " VALUES (?, ?, 'running', 1.0, 1.0, ?, 'h', 1, ?, ?, 3, 1e12)",
+            (run_id, f"uid{run_id}", INVOCATION, run_id, blob),
+        )
+        connection.execute(
+            "INSERT INTO results (run_id, position, outcome, phase, setup_us, call_us,"
+            " teardown_us, rerun_attempts) VALUES (?, 0, 0, 1, 1, 2, 3, 0)",
+            (run_id,),
+        )
+        if finished_at is not None:
+            connection.execute(
+                "UPDATE runs SET status = 'passed', finished_at = ?, counts = ? WHERE id = ?",
+                (finished_at, json.dumps({"passed": 1, "not_run": 2}), run_id),
+            )
+    connection.close()
+
+
+def test_a_schema_4_store_keeps_its_result_rows_and_batches_new_passing_results(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runs.db"
+    schema_4_store(path)
+    store = open_store(str(path))
+    try:
+        assert isinstance(store, SqliteStore)
+        assert store.version == SCHEMA_VERSION == 5
+        assert [(r.outcome, r.setup_duration) for r in store.get_run(1).results] == [
+            ("passed", 1e-6),
+            ("not_run", 0.0),
+            ("not_run", 0.0),
+        ]
+        # The running run: its stored position is still taken, the others are new.
+        store.append_results(2, [passing(0, setup_duration=9.0), passing(1)])
+        store.finish_run(2, RunFinish(1, 2.0), [Result("a.py::t2", "failed", "call", position=2)])
+        run = store.get_run(2)
+        assert [(r.outcome, r.setup_duration) for r in run.results] == [
+            ("passed", 1e-6),
+            ("passed", 0.0),
+            ("failed", 0.0),
+        ]
+        assert (run.summary.counts["passed"], run.summary.counts["failed"]) == (2, 1)
+    finally:
+        store.close()
+
+
+def test_a_damaged_batch_of_passing_results_is_that_runs_damage(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "runs.db"))
+    try:
+        selection = Selection([SelectedTest(f"a.py::t{i}", "a.py") for i in range(2)])
+        damaged = store.create_run(make_new_run(), selection)
+        whole = store.create_run(make_new_run(), selection)
+        store.append_results(whole, [passing(0)])
+        connection = sqlite3.connect(tmp_path / "runs.db")
+        with connection:  # a running run: SQL from elsewhere can still add to it
+            connection.execute(
+                "INSERT INTO passed_results VALUES (?, '[[7, 0, 0, 0]]')", (damaged,)
+            )
+        connection.close()
+        with pytest.raises(RunDamaged, match=f"run {damaged} .* is damaged"):
+            store.get_run(damaged)
+        with pytest.raises(RunDamaged, match=f"run {damaged} .* is damaged"):
+            store.append_results(damaged, [passing(1)])
+        assert [r.outcome for r in store.get_run(whole).results] == ["passed", "not_run"]
     finally:
         store.close()

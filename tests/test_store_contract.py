@@ -31,6 +31,7 @@ from pytest_rerun_runs.store import (
     Invocation,
     NotClaimed,
     NotQueued,
+    Outcome,
     Result,
     Run,
     RunFinish,
@@ -231,6 +232,26 @@ def test_a_batch_sent_twice_is_stored_once(store: RunStore, other_store: RunStor
     assert run.summary.counts["not_run"] == 1
 
 
+def test_writers_taking_turns_on_one_run_keep_the_first_result_of_each_position(
+    store: RunStore, other_store: RunStore
+) -> None:
+    tests = Selection([SelectedTest(f"t.py::{p}", "t.py") for p in range(5)])
+    run_id = store.create_run(make_new_run(), tests)
+
+    def result(position: int, outcome: Outcome = "passed") -> Result:
+        return Result(f"t.py::{position}", outcome, "call", position=position)
+
+    store.append_results(run_id, [result(0), result(1)])
+    other_store.append_results(run_id, [result(1, "failed"), result(2, "failed")])
+    # Each store has written to the run before: what the other one wrote since counts.
+    store.append_results(run_id, [result(2), result(3)])
+    other_store.append_results(run_id, [result(3, "failed"), result(0, "failed")])
+    store.finish_run(run_id, RunFinish(1, 2.0), [result(4), result(1, "failed")])
+    run = store.get_run(run_id)
+    assert [r.outcome for r in run.results] == ["passed", "passed", "failed", "passed", "passed"]
+    assert (run.summary.counts["passed"], run.summary.counts["failed"]) == (4, 1)
+
+
 def test_a_position_given_twice_in_one_batch_keeps_the_first_result(store: RunStore) -> None:
     run_id = store.create_run(make_new_run(), ABC)
     store.append_results(
@@ -420,6 +441,13 @@ CHANGES: dict[str, dict[str, str]] = {
         "postgres": "INSERT INTO results VALUES (1, 0, 1, 1, 0, 0, 0, NULL, NULL, 0, NULL, NULL)"
         " ON CONFLICT (run_id, position) DO UPDATE SET outcome = 1",
     },
+    "update passed results": {"sqlite": "UPDATE passed_results SET results = '[]'"},
+    "delete passed results": {"sqlite": "DELETE FROM passed_results"},
+    "new passed results": {"sqlite": "INSERT INTO passed_results VALUES (1, '[[2,0,0,0]]')"},
+    "replace passed results": {
+        "sqlite": "INSERT OR REPLACE INTO passed_results (rowid, run_id, results)"
+        " SELECT rowid, run_id, '[]' FROM passed_results"
+    },
     "truncate": {"postgres": "TRUNCATE results, runs"},
 }
 
@@ -469,7 +497,12 @@ def test_an_open_run_cannot_take_over_a_finished_one(
 
 def finished_run(store: RunStore) -> int:
     run_id = store.create_run(make_new_run(), ABC)
-    store.finish_run(run_id, RunFinish(0, 2.0), [Result("t.py::a", "passed", "call", position=0)])
+    # A passing and a failing result: the SQLite store keeps them in two tables.
+    results = [
+        Result("t.py::a", "passed", "call", position=0),
+        Result("t.py::b", "failed", "call", longrepr="it broke", position=1),
+    ]
+    store.finish_run(run_id, RunFinish(1, 2.0), results)
     return run_id
 
 

@@ -20,12 +20,12 @@ import os
 import sqlite3
 import time
 import zlib
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence, Set
 from contextlib import contextmanager
-from itertools import repeat
-from operator import getitem, itemgetter
+from itertools import chain, repeat
+from operator import getitem, itemgetter, mul
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pytest_rerun_runs.store.errors import (
     AlreadyClaimed,
@@ -268,6 +268,40 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (token_id, key)
     ) WITHOUT ROWID;
     """,
+    # 5: passing results a batch to a row (most results pass, and a row each cost
+    # more than the test it records); every other result keeps a row of its own.
+    f"""
+    CREATE TABLE passed_results (
+        run_id INTEGER NOT NULL,
+        results TEXT NOT NULL
+    );
+    CREATE INDEX passed_results_by_run ON passed_results (run_id);
+    CREATE TRIGGER passed_results_are_append_only BEFORE UPDATE ON passed_results
+        BEGIN {_RAISE_FINISHED}; END;
+    CREATE TRIGGER passed_results_of_finished_runs_are_kept BEFORE DELETE ON passed_results
+        WHEN (SELECT finished_at IS NOT NULL AND pruned_at IS NULL FROM runs WHERE id = OLD.run_id)
+        BEGIN {_RAISE_FINISHED}; END;
+    CREATE TRIGGER passed_results_only_for_running_runs BEFORE INSERT ON passed_results
+        WHEN (SELECT finished_at FROM runs WHERE id = NEW.run_id) IS NOT NULL
+        BEGIN {_RAISE_FINISHED}; END;
+    DROP VIEW results_view;
+    CREATE VIEW results_view AS
+        SELECT run_id, position, nodeid,
+            CASE outcome {" ".join(f"WHEN {i} THEN '{o}'" for i, o in enumerate(OUTCOMES))} END
+                AS outcome,
+            CASE phase {" ".join(f"WHEN {i} THEN '{p}'" for i, p in enumerate(PHASES))} END
+                AS phase,
+            (setup_us + call_us + teardown_us) / 1e6 AS duration,
+            worker, longrepr, rerun_attempts
+        FROM results
+        UNION ALL
+        SELECT run_id, json_extract(result.value, '$[0]') AS position, NULL AS nodeid,
+            'passed' AS outcome, 'call' AS phase,
+            (json_extract(result.value, '$[1]') + json_extract(result.value, '$[2]')
+                + json_extract(result.value, '$[3]')) / 1e6 AS duration,
+            json_extract(result.value, '$[4]') AS worker, NULL AS longrepr, 0 AS rerun_attempts
+        FROM passed_results, json_each(passed_results.results) AS result;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -381,6 +415,59 @@ def _insert_statement(worker: bool, longrepr: bool, outside: bool, rows: int = 1
     return f"INSERT OR IGNORE INTO results ({columns}) VALUES {', '.join([marks] * rows)}"
 
 
+def _microseconds(seconds: Sequence[float]) -> list[int]:
+    try:
+        return list(map(float.__round__, map(mul, seconds, repeat(1_000_000))))
+    except TypeError:  # durations that are not all floats (an int from elsewhere)
+        return list(map(round, map(mul, seconds, repeat(1_000_000))))
+
+
+def encode_passed(columns: Sequence[Sequence[Any]]) -> str:
+    """Passing results, given as the columns of their :class:`Result` tuples, as the
+    JSON ``passed_results`` holds: ``[[position, setup_us, call_us, teardown_us], ...]``,
+    with the worker fifth where any result has one.
+
+    A session of many tests pays this for each of them, so it is built without a
+    Python step per result: the numbers are integers, which ``%d`` spells as JSON
+    does, and each distinct worker is spelled once by ``json.dumps``.
+    """
+    positions, workers = columns[10], columns[6]
+    count = len(positions)
+    durations = [_microseconds(column) for column in columns[3:6]]
+    if workers.count(None) == count:
+        fields: Iterator[Any] = chain.from_iterable(zip(positions, *durations, strict=True))
+        return "[" + ("[%d,%d,%d,%d]," * count % tuple(fields))[:-1] + "]"
+    spelled = {worker: json.dumps(worker) for worker in set(workers)}
+    spelled_workers = map(spelled.__getitem__, workers)
+    fields = chain.from_iterable(zip(positions, *durations, spelled_workers, strict=True))
+    return "[" + ("[%d,%d,%d,%d,%s]," * count % tuple(fields))[:-1] + "]"
+
+
+def decode_passed(text: str, size: int) -> list[tuple[int, int, int, int, str | None]]:
+    """The rows of one ``passed_results`` batch, checked: ``ValueError`` (or
+    ``TypeError``) for anything this module would not have written."""
+    rows = json.loads(text)
+    if type(rows) is not list:
+        raise ValueError("passed results are not a list")
+    decoded = []
+    for row in rows:
+        if type(row) is not list or not 4 <= len(row) <= 5:
+            raise ValueError(f"a passed result is {row!r}")
+        position, setup, call, teardown = row[:4]
+        worker = row[4] if len(row) == 5 else None
+        if not (
+            type(position) is int
+            and 0 <= position < size
+            and type(setup) is int
+            and type(call) is int
+            and type(teardown) is int
+            and (worker is None or type(worker) is str)
+        ):
+            raise ValueError(f"a passed result is {row!r}")
+        decoded.append((position, setup, call, teardown, worker))
+    return decoded
+
+
 def same_selection(stored: bytes, blob: bytes) -> bool:
     """Whether two encoded selections hold the same tests (compared uncompressed:
     another version may have compressed them at another level)."""
@@ -410,6 +497,26 @@ def _decoded(blob: bytes) -> tuple[tuple[SelectedTest, ...], dict[str, int]]:
     # Filled from the end, so that a node id selected twice keeps its first position.
     first = dict(zip(reversed(nodeids), range(len(nodeids) - 1, -1, -1), strict=True))
     return tests, first
+
+
+class _StoredPositions:
+    """The positions of a run that hold a result, as of ``rows`` rows of
+    ``results`` and ``batches`` rows of ``passed_results``."""
+
+    __slots__ = ("batches", "positions", "rows")
+
+    def __init__(self, rows: int, batches: int, positions: set[int]) -> None:
+        self.rows = rows
+        self.batches = batches
+        self.positions = positions
+
+
+class _Added(NamedTuple):
+    """What one insert stored."""
+
+    positions: Collection[int]
+    rows: int
+    batches: int
 
 
 def connect(
@@ -448,6 +555,8 @@ class SqliteStore:
         self.damaged: list[RunsError] = []
         #: Node ids of the selection of each run this object writes to.
         self._selections: dict[int, list[str]] = {}
+        #: The positions stored of each run this object writes to.
+        self._positions: dict[int, _StoredPositions] = {}
         existed = self._check_file(create and not read_only)
         self._connection = self._connect(create=create and not read_only, read_only=read_only)
         try:
@@ -718,6 +827,7 @@ class SqliteStore:
         connection.execute(
             "SELECT run_id, position FROM results ORDER BY run_id DESC, position DESC LIMIT 1"
         ).fetchone()
+        connection.execute("SELECT max(rowid) FROM passed_results").fetchone()
 
     def _seal_stale_runs(self, connection: sqlite3.Connection) -> None:
         """Finish, as ``interrupted``, the runs whose sessions are gone: they can
@@ -779,10 +889,10 @@ class SqliteStore:
 
     def _open_run(
         self, connection: sqlite3.Connection, run_id: int, results: Sequence[Result]
-    ) -> tuple[int, bool]:
-        """(selection size, still open) of ``run_id``, with ``results`` checked against
-        its selection; for a finished run, checks that ``results`` are already stored
-        (a repeated write) and refuses new ones."""
+    ) -> tuple[int, _StoredPositions | None]:
+        """(selection size, positions stored) of ``run_id``, with ``results`` checked
+        against its selection; for a finished run, ``None`` once ``results`` are
+        found stored already (a repeated write): new ones are refused."""
         for result in results:
             if result.position < 0:
                 raise InvalidResult(
@@ -796,18 +906,50 @@ class SqliteStore:
         size, finished_at, status = row
         if status == "queued":
             raise NotClaimed(f"run {run_id} is queued: claim it before recording", run_id=run_id)
+        stored = self._stored_positions(connection, run_id, int(size))
         if finished_at is None:
             check_positions(run_id, self._selection_nodeids(connection, run_id), results)
-            return int(size), True
-        stored = {
+            return int(size), stored
+        if any(result.position not in stored.positions for result in results):
+            raise RunFinished(f"run {run_id} is finished and cannot change", run_id=run_id)
+        return int(size), None
+
+    def _stored_positions(
+        self, connection: sqlite3.Connection, run_id: int, size: int
+    ) -> _StoredPositions:
+        """The positions of ``run_id`` that hold a result. This object remembers
+        them between its writes to a run, for as long as no one else writes to it."""
+        rows, batches = connection.execute(
+            "SELECT (SELECT count(*) FROM results WHERE run_id = ?1),"
+            " (SELECT count(*) FROM passed_results WHERE run_id = ?1)",
+            (run_id,),
+        ).fetchone()
+        known = self._positions.get(run_id)
+        if known is not None and (known.rows, known.batches) == (rows, batches):
+            return known
+        positions = {
             position
             for (position,) in connection.execute(
                 "SELECT position FROM results WHERE run_id = ?", (run_id,)
             )
         }
-        if any(result.position not in stored for result in results):
-            raise RunFinished(f"run {run_id} is finished and cannot change", run_id=run_id)
-        return int(size), False
+        for (text,) in connection.execute(
+            "SELECT results FROM passed_results WHERE run_id = ?", (run_id,)
+        ):
+            try:
+                positions.update(map(itemgetter(0), decode_passed(text, size)))
+            except (ValueError, TypeError) as exc:
+                raise self._damaged(run_id, exc) from None
+        return _StoredPositions(rows, batches, positions)
+
+    def _remember_positions(self, run_id: int, stored: _StoredPositions, added: _Added) -> None:
+        """After a write's commit: what it stored is stored."""
+        stored.positions.update(added.positions)
+        stored.rows += added.rows
+        stored.batches += added.batches
+        self._positions[run_id] = stored
+        while len(self._positions) > 16:
+            del self._positions[next(iter(self._positions))]
 
     def _selection_nodeids(self, connection: sqlite3.Connection, run_id: int) -> list[str]:
         nodeids = self._selections.get(run_id)
@@ -821,9 +963,72 @@ class SqliteStore:
 
     @staticmethod
     def _insert(
+        connection: sqlite3.Connection,
+        run_id: int,
+        results: Sequence[Result],
+        size: int,
+        stored: Set[int],
+    ) -> _Added:
+        """Insert the ``results`` whose position holds no result yet (of a position
+        given twice, the first result stands): the passing ones as one row of
+        ``passed_results``, every other one in a row of its own.
+
+        A batch in which every result passed, in the call phase, without a text or
+        a rerun, inside the selection and at a new position (nearly every batch of
+        a session) is checked and written without a Python step per result.
+        """
+        if not results:
+            return _Added([], 0, 0)
+        columns = list(zip(*results, strict=True))
+        positions = columns[10]
+        count = len(positions)
+        if (
+            columns[1].count("passed") == count
+            and columns[2].count("call") == count
+            and columns[7].count(None) == count
+            and columns[8].count(0) == count
+            and min(positions) >= 0
+            and max(positions) < size
+            and len(set(positions)) == count
+            and stored.isdisjoint(positions)
+        ):
+            connection.execute(
+                "INSERT INTO passed_results (run_id, results) VALUES (?, ?)",
+                (run_id, encode_passed(columns)),
+            )
+            return _Added(positions, 0, 1)
+        taken: set[int] = set()
+        passing: list[Result] = []
+        others: list[Result] = []
+        for result in results:
+            position = result.position
+            if position in taken or position in stored:
+                continue
+            taken.add(position)
+            if (
+                result.outcome == "passed"
+                and result.when == "call"
+                and result.longrepr is None
+                and result.rerun_attempts == 0
+                and position < size
+            ):
+                passing.append(result)
+            else:
+                others.append(result)
+        if passing:
+            connection.execute(
+                "INSERT INTO passed_results (run_id, results) VALUES (?, ?)",
+                (run_id, encode_passed(list(zip(*passing, strict=True)))),
+            )
+        if others:
+            SqliteStore._insert_rows(connection, run_id, others, size)
+        return _Added(taken, len(others), 1 if passing else 0)
+
+    @staticmethod
+    def _insert_rows(
         connection: sqlite3.Connection, run_id: int, results: Sequence[Result], size: int
     ) -> None:
-        """Insert ``results`` (a position stored already is left as it is).
+        """Insert ``results``, a row each, at positions that hold none.
 
         Columns left NULL are not bound: binding ``None`` costs Python's sqlite3
         module a failed adapter lookup, and most results have no worker, no text,
@@ -833,9 +1038,6 @@ class SqliteStore:
         outcome_code, phase_code = _OUTCOME_CODE, _PHASE_CODE
         common: list[Any] = []
         groups: dict[tuple[bool, bool, bool], list[tuple[Any, ...]]] = {}
-        # Of a position given twice in one batch the first result stands, as it
-        # does across batches (the groups are inserted one after the other).
-        seen: set[int] = set()
         for (
             nodeid,
             outcome,
@@ -849,9 +1051,6 @@ class SqliteStore:
             file,
             position,
         ) in results:
-            if position in seen:
-                continue
-            seen.add(position)
             row: tuple[Any, ...] = (
                 run_id,
                 position,
@@ -897,20 +1096,21 @@ class SqliteStore:
         if not results:
             return
         with self.transaction() as connection:
-            size, still_open = self._open_run(connection, run_id, results)
-            if not still_open:
+            size, stored = self._open_run(connection, run_id, results)
+            if stored is None:
                 return
-            self._insert(connection, run_id, results, size)
+            added = self._insert(connection, run_id, results, size, stored.positions)
             connection.execute(
                 "UPDATE runs SET last_seen_at = ? WHERE id = ?", (time.time(), run_id)
             )
+        self._remember_positions(run_id, stored, added)
 
     def finish_run(self, run_id: int, finish: RunFinish, results: Sequence[Result] = ()) -> None:
         with self.transaction() as connection:
-            size, still_open = self._open_run(connection, run_id, results)
-            if not still_open:
+            size, stored = self._open_run(connection, run_id, results)
+            if stored is None:
                 return
-            self._insert(connection, run_id, results, size)
+            self._insert(connection, run_id, results, size, stored.positions)
             counts = self._live_counts(run_id, size)
             assignments = [
                 "status = ?",
@@ -939,6 +1139,7 @@ class SqliteStore:
                 f"UPDATE runs SET {', '.join(assignments)} WHERE id = ?", (*values, run_id)
             )
         self._selections.pop(run_id, None)
+        self._positions.pop(run_id, None)
 
     # -- reading --------------------------------------------------------------
 
@@ -948,9 +1149,60 @@ class SqliteStore:
             " GROUP BY outcome, position < ?",
             (selection_size, run_id, selection_size),
         )
-        return counts_from_groups(
-            selection_size, ((OUTCOMES[o], bool(inside), n) for o, inside, n in groups)
+        counted = [(OUTCOMES[o], bool(inside), n) for o, inside, n in groups]
+        counted.append(("passed", True, self._passed_count(run_id)))
+        return counts_from_groups(selection_size, counted)
+
+    def _passed_count(self, run_id: int) -> int:
+        """How many passing results of ``run_id`` are stored a batch to a row."""
+        if self.version < 5:
+            return 0
+        try:
+            (passed,) = self._connection.execute(
+                "SELECT coalesce(sum(json_array_length(results)), 0) FROM passed_results"
+                " WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+        except sqlite3.OperationalError as exc:  # malformed JSON
+            raise self._damaged(run_id, exc) from None
+        return int(passed)
+
+    def _damaged(self, run_id: int, reason: object) -> RunDamaged:
+        return RunDamaged(
+            f"run {run_id} in {self.location} is damaged ({reason}); other runs are readable",
+            run_id=run_id,
         )
+
+    def _passed_positions(self, run_id: int) -> list[int]:
+        """The positions of the passing results of ``run_id`` stored a batch to a row,
+        read without checking the rest of each result (the readers that need only
+        these look at many runs)."""
+        if self.version < 5:
+            return []
+        positions: list[int] = []
+        for (text,) in self._connection.execute(
+            "SELECT results FROM passed_results WHERE run_id = ?", (run_id,)
+        ):
+            try:
+                positions += map(itemgetter(0), json.loads(text))
+            except (ValueError, TypeError, IndexError, KeyError) as exc:
+                raise self._damaged(run_id, exc) from None
+        return positions
+
+    def _passed_of(self, run_id: int, size: int) -> list[tuple[int, int, int, int, str | None]]:
+        """The passing results of ``run_id`` stored a batch to a row, in the order
+        they were written."""
+        if self.version < 5:
+            return []
+        passed = []
+        for (text,) in self._connection.execute(
+            "SELECT results FROM passed_results WHERE run_id = ? ORDER BY rowid", (run_id,)
+        ):
+            try:
+                passed += decode_passed(text, size)
+            except (ValueError, TypeError) as exc:
+                raise self._damaged(run_id, exc) from None
+        return passed
 
     def _summary(self, row: sqlite3.Row | tuple[Any, ...], now: float) -> RunSummary:
         try:
@@ -1060,6 +1312,8 @@ class SqliteStore:
             selection = list(self._stored_selection(run_id)[0])
             size = len(selection)
             rows = self._connection.execute(query, parameters).fetchall()
+            wants_passed = outcomes is None or "passed" in outcomes
+            passed = self._passed_of(run_id, size) if wants_passed else []
             reported: set[int] = set()
             if outcomes is not None and "not_run" in outcomes:
                 # Positions are unique: as many inside the selection as it holds
@@ -1069,7 +1323,7 @@ class SqliteStore:
                     " AND position < ?",
                     (run_id, size),
                 ).fetchone()
-                if inside == size:
+                if inside + self._passed_count(run_id) == size:
                     outcomes = frozenset(outcomes) - {"not_run"}
                 else:
                     reported = {
@@ -1079,6 +1333,10 @@ class SqliteStore:
                             (run_id, size),
                         )
                     }
+                    if wants_passed:
+                        reported.update(map(itemgetter(0), passed))
+                    else:
+                        reported.update(self._passed_positions(run_id))
         all_outcomes, phases = OUTCOMES, PHASES
         stored = [
             Result(
@@ -1108,6 +1366,27 @@ class SqliteStore:
                 file,
             ) in rows
         ]
+        # Of a position stored twice (only SQL from elsewhere can do that) the first
+        # result stands, as it does for every write.
+        taken = {result.position for result in stored}
+        for position, setup, call, teardown, worker in passed:
+            if position not in taken:
+                taken.add(position)
+                stored.append(
+                    Result(
+                        selection[position].nodeid,
+                        "passed",
+                        "call",
+                        setup / 1e6,
+                        call / 1e6,
+                        teardown / 1e6,
+                        worker,
+                        None,
+                        0,
+                        None,
+                        position,
+                    )
+                )
         results = results_in_selection_order(selection, stored, outcomes, reported)
         return Run(summary=summary, selection=selection, results=results)
 
@@ -1140,6 +1419,7 @@ class SqliteStore:
                 found = dict.fromkeys(position_of.values(), "not_run")
             codes = [code for code, name in enumerate(OUTCOMES) if only is None or name in only]
             positions = sorted(position_of)
+            in_rows: dict[str, Outcome] = {}
             for start in range(0, len(positions), 900):
                 chunk = positions[start : start + 900]
                 # One row per outcome, its positions joined: reading many tests of
@@ -1151,7 +1431,13 @@ class SqliteStore:
                     (run_id, *chunk, *codes),
                 ):
                     tests = map(position_of.__getitem__, map(int, joined.split(",")))
-                    found.update(dict.fromkeys(tests, OUTCOMES[outcome]))
+                    in_rows.update(dict.fromkeys(tests, OUTCOMES[outcome]))
+            if position_of and (only is None or "passed" in only):
+                for position in self._passed_positions(run_id):
+                    nodeid = position_of.get(position)
+                    if nodeid is not None and nodeid not in in_rows:
+                        found[nodeid] = "passed"
+            found.update(in_rows)
         return found
 
     def lineage(self, run_id: int) -> list[RunSummary]:
@@ -1202,7 +1488,7 @@ class SqliteStore:
             run_id = cursor.lastrowid
             assert run_id is not None
             results = imported_results(run)
-            self._insert(connection, run_id, results, size)
+            self._insert(connection, run_id, results, size, set())
             # Counts come from the results, never from what the file says.
             counts = self._live_counts(run_id, size)
             connection.execute(
@@ -1222,11 +1508,12 @@ class SqliteStore:
                     " WHERE id = ? AND finished_at IS NOT NULL AND pruned_at IS NULL",
                     (pruned_at, run_id),
                 )
-                connection.execute(
-                    "DELETE FROM results WHERE run_id = ? AND"
-                    " (SELECT pruned_at FROM runs WHERE id = ?) IS NOT NULL",
-                    (run_id, run_id),
-                )
+                for table in ("results", "passed_results"):
+                    connection.execute(
+                        f"DELETE FROM {table} WHERE run_id = ? AND"
+                        " (SELECT pruned_at FROM runs WHERE id = ?) IS NOT NULL",
+                        (run_id, run_id),
+                    )
         with self._errors("compact"):
             self._connection.execute("VACUUM")
             # VACUUM goes through the WAL: only a checkpoint gives the space back.
