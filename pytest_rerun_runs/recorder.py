@@ -308,18 +308,30 @@ class Recorder:
                     second, third = call.__dict__, teardown.__dict__
                     location = first["location"]
                     if (
-                        # pytest builds the reports of one item with the item's cached
-                        # ``location`` tuple (checked on pytest 8.0 to 9.2), so sharing it
-                        # means one test; reports that crossed a process (xdist) share
-                        # nothing and are read one by one.
-                        type(location) is tuple
-                        and second["location"] is location
-                        and third["location"] is location
-                        and second["when"] == "call"
+                        second["when"] == "call"
                         and second["outcome"] == "passed"
                         and third["when"] == "teardown"
                         and third["outcome"] == "passed"
                         and "wasxfail" not in second
+                    ) and (
+                        (
+                            # pytest builds the reports of one item with the item's cached
+                            # ``location`` tuple (checked on pytest 8.0 to 9.2), so sharing
+                            # it means one test.
+                            type(location) is tuple
+                            and second["location"] is location
+                            and third["location"] is location
+                        )
+                        or (
+                            # Reports that crossed a process (xdist) share nothing; a
+                            # worker runs one test at a time, so three reports in a row
+                            # from one worker for one node id are one test.
+                            "worker_id" in first
+                            and setup.nodeid == call.nodeid == teardown.nodeid
+                            and first["worker_id"]
+                            == second.get("worker_id")
+                            == third.get("worker_id")
+                        )
                     ):
                         setup_duration, call_duration = first["duration"], second["duration"]
                         teardown_duration = third["duration"]

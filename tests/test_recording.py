@@ -671,6 +671,8 @@ def test_finished_runs_are_immutable_in_the_database(
             "INSERT INTO passed_results VALUES (1, '[[1,0,0,0]]')",
             "INSERT OR REPLACE INTO passed_results (rowid, run_id, results)"
             " SELECT rowid, run_id, '[]' FROM passed_results",
+            "REPLACE INTO passed_results (rowid, run_id, results)"
+            " SELECT rowid, 999, '[]' FROM passed_results",
         ):
             with pytest.raises(sqlite3.IntegrityError, match="a finished run cannot be changed"):
                 connection.execute(statement)

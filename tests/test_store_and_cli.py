@@ -241,6 +241,71 @@ def test_a_report_that_cannot_be_read_before_the_run_exists_records_nothing() ->
     assert warnings == ["report unreadable; this session is not recorded (tests run as usual)"]
 
 
+def worker_report(
+    worker: str, nodeid: str, when: str, outcome: str = "passed", duration: float = 0.0
+) -> pytest.TestReport:
+    """A report as xdist's controller gets it: its own location tuple, the worker's id."""
+    made = pytest.TestReport(
+        nodeid,
+        ("f.py", 0, nodeid.rsplit("::", maxsplit=1)[-1]),
+        {},
+        outcome,  # type: ignore[arg-type]
+        "it broke" if outcome == "failed" else None,
+        when,  # type: ignore[arg-type]
+        duration=duration,
+    )
+    made.worker_id = worker  # type: ignore[attr-defined]
+    return made
+
+
+def test_reports_from_xdist_workers_are_read_test_by_test(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "runs.db"))
+    recorder = Recorder(lambda: store, lambda message: None, clock=lambda: 0.0)
+    names = ["a", "b", "c", "c", "d", "e"]
+    tests = [SelectedTest(f"f.py::{name}", "f.py") for name in names]
+    run_id = recorder.start(lambda store: make_new_run(), Selection(tests))
+    assert run_id is not None
+    phases = ("setup", "call", "teardown")
+    arrivals = [
+        # Two workers' reports interleaved, as the controller gets them.
+        ("gw0", "a", "setup"),
+        ("gw1", "b", "setup"),
+        ("gw0", "a", "call"),
+        ("gw0", "a", "teardown"),
+        ("gw1", "b", "call", "failed"),
+        ("gw1", "b", "teardown"),
+        # A test's three reports in a row, and the same node id again (--keep-duplicates).
+        *(("gw0", "c", when) for when in phases),
+        *(("gw0", "c", when) for when in phases),
+        ("gw1", "d", "setup"),
+        ("gw1", "d", "call"),
+        ("gw0", "e", "setup"),
+        ("gw1", "d", "teardown"),
+        ("gw0", "e", "call"),
+        ("gw0", "e", "teardown"),
+    ]
+    for number, (worker, name, when, *failed) in enumerate(arrivals, start=1):
+        outcome = failed[0] if failed else "passed"
+        recorder.add_test_report(
+            worker_report(worker, f"f.py::{name}", when, outcome, duration=number / 1000)
+        )
+    recorder.finish(RunFinish(exit_status=1, finished_at=1.0))  # closes the store
+    store = open_store(str(tmp_path / "runs.db"))
+    results = store.get_run(run_id).results
+    assert [
+        (r.nodeid, r.outcome, r.worker, r.setup_duration, r.call_duration, r.teardown_duration)
+        for r in results
+    ] == [
+        ("f.py::a", "passed", "gw0", 0.001, 0.003, 0.004),
+        ("f.py::b", "failed", "gw1", 0.002, 0.005, 0.006),
+        ("f.py::c", "passed", "gw0", 0.007, 0.008, 0.009),
+        ("f.py::c", "passed", "gw0", 0.010, 0.011, 0.012),
+        ("f.py::d", "passed", "gw1", 0.013, 0.014, 0.016),
+        ("f.py::e", "passed", "gw0", 0.015, 0.017, 0.018),
+    ]
+    store.close()
+
+
 def test_an_xdist_worker_crash_after_a_failure_ends_the_test_as_failed() -> None:
     store = CountingStore()
     recorder = Recorder(lambda: store, lambda message: None, clock=lambda: 0.0)  # type: ignore[arg-type,return-value]

@@ -448,6 +448,11 @@ CHANGES: dict[str, dict[str, str]] = {
         "sqlite": "INSERT OR REPLACE INTO passed_results (rowid, run_id, results)"
         " SELECT rowid, run_id, '[]' FROM passed_results"
     },
+    # REPLACE deletes the row it conflicts with without firing delete triggers.
+    "replace passed results by rowid": {
+        "sqlite": "REPLACE INTO passed_results (rowid, run_id, results)"
+        " SELECT rowid, 999, '[]' FROM passed_results"
+    },
     "truncate": {"postgres": "TRUNCATE results, runs"},
 }
 

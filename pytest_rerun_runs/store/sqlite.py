@@ -283,6 +283,10 @@ MIGRATIONS: list[str] = [
         BEGIN {_RAISE_FINISHED}; END;
     CREATE TRIGGER passed_results_only_for_running_runs BEFORE INSERT ON passed_results
         WHEN (SELECT finished_at FROM runs WHERE id = NEW.run_id) IS NOT NULL
+            OR EXISTS (
+                SELECT 1 FROM passed_results AS stored JOIN runs ON runs.id = stored.run_id
+                WHERE stored.rowid = NEW.rowid AND runs.finished_at IS NOT NULL
+            )
         BEGIN {_RAISE_FINISHED}; END;
     DROP VIEW results_view;
     CREATE VIEW results_view AS
@@ -415,11 +419,18 @@ def _insert_statement(worker: bool, longrepr: bool, outside: bool, rows: int = 1
     return f"INSERT OR IGNORE INTO results ({columns}) VALUES {', '.join([marks] * rows)}"
 
 
+#: Bounds of an SQLite integer, which a duration in a row of ``results`` must fit too.
+_INTEGER_RANGE = (-(2**63), 2**63 - 1)
+
+
 def _microseconds(seconds: Sequence[float]) -> list[int]:
     try:
-        return list(map(float.__round__, map(mul, seconds, repeat(1_000_000))))
+        micro = list(map(float.__round__, map(mul, seconds, repeat(1_000_000))))
     except TypeError:  # durations that are not all floats (an int from elsewhere)
-        return list(map(round, map(mul, seconds, repeat(1_000_000))))
+        micro = list(map(round, map(mul, seconds, repeat(1_000_000))))
+    if micro and (min(micro) < _INTEGER_RANGE[0] or max(micro) > _INTEGER_RANGE[1]):
+        raise OverflowError("a duration is too large to store")
+    return micro
 
 
 def encode_passed(columns: Sequence[Sequence[Any]]) -> str:
@@ -443,9 +454,17 @@ def encode_passed(columns: Sequence[Sequence[Any]]) -> str:
     return "[" + ("[%d,%d,%d,%d,%s]," * count % tuple(fields))[:-1] + "]"
 
 
+#: What a worker of a result stored in a batch may be (any other goes to a row).
+_WORKER_TYPES = frozenset({str, type(None)})
+
+#: What decoding a damaged batch of passing results raises.
+PASSED_DAMAGE = (ValueError, TypeError, KeyError, IndexError, RecursionError)
+
+
 def decode_passed(text: str, size: int) -> list[tuple[int, int, int, int, str | None]]:
-    """The rows of one ``passed_results`` batch, checked: ``ValueError`` (or
-    ``TypeError``) for anything this module would not have written."""
+    """The rows of one ``passed_results`` batch, checked: one of
+    :data:`PASSED_DAMAGE` for anything this module would not have written."""
+    low, high = _INTEGER_RANGE
     rows = json.loads(text)
     if type(rows) is not list:
         raise ValueError("passed results are not a list")
@@ -461,10 +480,14 @@ def decode_passed(text: str, size: int) -> list[tuple[int, int, int, int, str | 
             and type(setup) is int
             and type(call) is int
             and type(teardown) is int
+            and low <= min(setup, call, teardown)
+            and max(setup, call, teardown) <= high
             and (worker is None or type(worker) is str)
         ):
             raise ValueError(f"a passed result is {row!r}")
         decoded.append((position, setup, call, teardown, worker))
+    if len({row[0] for row in decoded}) < len(decoded):
+        raise ValueError("a position is given twice")
     return decoded
 
 
@@ -843,10 +866,14 @@ class SqliteStore:
                 status, last_seen, self._host(host), pid, now=now, stale_after=self.stale_after
             )
             if live == "interrupted":
+                try:
+                    counts: str | None = json.dumps(self._live_counts(run_id, size))
+                except RunDamaged:
+                    counts = None  # its readers report the damage; other runs go on
                 connection.execute(
                     "UPDATE runs SET status = 'interrupted', finished_at = ?, counts = ?"
                     " WHERE id = ? AND finished_at IS NULL",
-                    (last_seen, json.dumps(self._live_counts(run_id, size)), run_id),
+                    (last_seen, counts, run_id),
                 )
 
     def claim_run(self, run_id: int, invocation: Invocation, started_at: float) -> RunSummary:
@@ -938,7 +965,7 @@ class SqliteStore:
         ):
             try:
                 positions.update(map(itemgetter(0), decode_passed(text, size)))
-            except (ValueError, TypeError) as exc:
+            except PASSED_DAMAGE as exc:
                 raise self._damaged(run_id, exc) from None
         return _StoredPositions(rows, batches, positions)
 
@@ -991,6 +1018,7 @@ class SqliteStore:
             and max(positions) < size
             and len(set(positions)) == count
             and stored.isdisjoint(positions)
+            and _WORKER_TYPES.issuperset(map(type, columns[6]))
         ):
             connection.execute(
                 "INSERT INTO passed_results (run_id, results) VALUES (?, ?)",
@@ -1011,6 +1039,7 @@ class SqliteStore:
                 and result.longrepr is None
                 and result.rerun_attempts == 0
                 and position < size
+                and type(result.worker) in _WORKER_TYPES
             ):
                 passing.append(result)
             else:
@@ -1155,7 +1184,7 @@ class SqliteStore:
 
     def _passed_count(self, run_id: int) -> int:
         """How many passing results of ``run_id`` are stored a batch to a row."""
-        if self.version < 5:
+        if not self._has_passed_results():
             return 0
         try:
             (passed,) = self._connection.execute(
@@ -1173,26 +1202,50 @@ class SqliteStore:
             run_id=run_id,
         )
 
-    def _passed_positions(self, run_id: int) -> list[int]:
+    def _passed_positions(self, run_id: int, size: int) -> list[int]:
         """The positions of the passing results of ``run_id`` stored a batch to a row,
-        read without checking the rest of each result (the readers that need only
-        these look at many runs)."""
-        if self.version < 5:
+        checked without a Python step per result (the readers that need only these
+        look at many runs)."""
+        if not self._has_passed_results():
             return []
         positions: list[int] = []
         for (text,) in self._connection.execute(
             "SELECT results FROM passed_results WHERE run_id = ?", (run_id,)
         ):
             try:
-                positions += map(itemgetter(0), json.loads(text))
-            except (ValueError, TypeError, IndexError, KeyError) as exc:
+                rows = json.loads(text)
+                if type(rows) is not list or not {list}.issuperset(map(type, rows)):
+                    raise ValueError("passed results are not a list of lists")
+                batch = list(map(itemgetter(0), rows))
+                if batch and (
+                    not {int}.issuperset(map(type, batch))
+                    or min(batch) < 0
+                    or max(batch) >= size
+                    or len(set(batch)) < len(batch)
+                ):
+                    raise ValueError("a passed result has no position of the selection")
+            except PASSED_DAMAGE as exc:
                 raise self._damaged(run_id, exc) from None
+            positions += batch
         return positions
+
+    def _has_passed_results(self) -> bool:
+        """Whether the store has ``passed_results``: from schema 5, and in a store
+        opened read-only at an older one, once another process has migrated it."""
+        if self.version < 5:
+            row = self._connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'passed_results'"
+            ).fetchone()
+            if row is None:
+                return False
+            self.version = 5
+            self._summary_columns = summary_columns(5)
+        return True
 
     def _passed_of(self, run_id: int, size: int) -> list[tuple[int, int, int, int, str | None]]:
         """The passing results of ``run_id`` stored a batch to a row, in the order
         they were written."""
-        if self.version < 5:
+        if not self._has_passed_results():
             return []
         passed = []
         for (text,) in self._connection.execute(
@@ -1200,7 +1253,7 @@ class SqliteStore:
         ):
             try:
                 passed += decode_passed(text, size)
-            except (ValueError, TypeError) as exc:
+            except PASSED_DAMAGE as exc:
                 raise self._damaged(run_id, exc) from None
         return passed
 
@@ -1336,7 +1389,7 @@ class SqliteStore:
                     if wants_passed:
                         reported.update(map(itemgetter(0), passed))
                     else:
-                        reported.update(self._passed_positions(run_id))
+                        reported.update(self._passed_positions(run_id, size))
         all_outcomes, phases = OUTCOMES, PHASES
         stored = [
             Result(
@@ -1433,7 +1486,8 @@ class SqliteStore:
                     tests = map(position_of.__getitem__, map(int, joined.split(",")))
                     in_rows.update(dict.fromkeys(tests, OUTCOMES[outcome]))
             if position_of and (only is None or "passed" in only):
-                for position in self._passed_positions(run_id):
+                size = len(self._stored_selection(run_id)[0])
+                for position in self._passed_positions(run_id, size):
                     nodeid = position_of.get(position)
                     if nodeid is not None and nodeid not in in_rows:
                         found[nodeid] = "passed"
