@@ -496,8 +496,9 @@ def test_keyboard_interrupt_marks_the_run_interrupted(
     assert list(outcomes(run).values()) == ["passed", "not_run", "not_run"]
 
 
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["plain", "xdist"])
 def test_rerunfailures_attempts_are_counted(
-    pytester: pytest.Pytester, show: Callable[..., RunDict]
+    pytester: pytest.Pytester, show: Callable[..., RunDict], xdist: list[str]
 ) -> None:
     pytester.makepyfile(
         """
@@ -515,9 +516,12 @@ def test_rerunfailures_attempts_are_counted(
             pass
         """
     )
-    result = pytester.runpytest("--reruns", "2", "-p", "rerunfailures")
+    run = pytester.runpytest_subprocess if xdist else pytester.runpytest
+    result = run("--reruns", "2", "-p", "rerunfailures", *xdist)
     assert result.parseoutcomes() == {"passed": 2, "failed": 1, "rerun": 3}
     by_id = {r["nodeid"].split("::")[1]: r for r in show()["results"]}
+    workers = {r["worker"] for r in by_id.values()}
+    assert workers <= {"gw0", "gw1"} if xdist else workers == {None}
     assert (by_id["test_flaky"]["outcome"], by_id["test_flaky"]["rerun_attempts"]) == ("passed", 1)
     assert (by_id["test_broken"]["outcome"], by_id["test_broken"]["rerun_attempts"]) == (
         "failed",
