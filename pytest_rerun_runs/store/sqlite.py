@@ -123,6 +123,13 @@ _UNCHANGED_BY_PRUNE = " AND ".join(
     )
 )
 
+# The columns results_view spells out (migrations 1 and 5 define the view).
+_SPELLED_OUTCOME_AND_PHASE = (
+    f"CASE outcome {' '.join(f'WHEN {i} THEN {o!r}' for i, o in enumerate(OUTCOMES))} END"
+    f" AS outcome, CASE phase {' '.join(f'WHEN {i} THEN {p!r}' for i, p in enumerate(PHASES))}"
+    " END AS phase,"
+)
+
 MIGRATIONS: list[str] = [
     # 1: the initial schema.
     f"""
@@ -179,10 +186,7 @@ MIGRATIONS: list[str] = [
         BEGIN {_RAISE_FINISHED}; END;
     CREATE VIEW results_view AS
         SELECT run_id, position, nodeid,
-            CASE outcome {" ".join(f"WHEN {i} THEN '{o}'" for i, o in enumerate(OUTCOMES))} END
-                AS outcome,
-            CASE phase {" ".join(f"WHEN {i} THEN '{p}'" for i, p in enumerate(PHASES))} END
-                AS phase,
+            {_SPELLED_OUTCOME_AND_PHASE}
             (setup_us + call_us + teardown_us) / 1e6 AS duration,
             worker, longrepr, rerun_attempts
         FROM results;
@@ -291,10 +295,7 @@ MIGRATIONS: list[str] = [
     DROP VIEW results_view;
     CREATE VIEW results_view AS
         SELECT run_id, position, nodeid,
-            CASE outcome {" ".join(f"WHEN {i} THEN '{o}'" for i, o in enumerate(OUTCOMES))} END
-                AS outcome,
-            CASE phase {" ".join(f"WHEN {i} THEN '{p}'" for i, p in enumerate(PHASES))} END
-                AS phase,
+            {_SPELLED_OUTCOME_AND_PHASE}
             (setup_us + call_us + teardown_us) / 1e6 AS duration,
             worker, longrepr, rerun_attempts
         FROM results
@@ -960,13 +961,7 @@ class SqliteStore:
                 "SELECT position FROM results WHERE run_id = ?", (run_id,)
             )
         }
-        for (text,) in connection.execute(
-            "SELECT results FROM passed_results WHERE run_id = ?", (run_id,)
-        ):
-            try:
-                positions.update(map(itemgetter(0), decode_passed(text, size)))
-            except PASSED_DAMAGE as exc:
-                raise self._damaged(run_id, exc) from None
+        positions.update(map(itemgetter(0), self._passed_of(run_id, size)))
         return _StoredPositions(rows, batches, positions)
 
     def _remember_positions(self, run_id: int, stored: _StoredPositions, added: _Added) -> None:
@@ -1261,10 +1256,7 @@ class SqliteStore:
         try:
             return _checked_summary(self._decode_summary(row, now))
         except (ValueError, TypeError, KeyError, AttributeError, zlib.error) as exc:
-            raise RunDamaged(
-                f"run {row[0]} in {self.location} is damaged ({exc}); other runs are readable",
-                run_id=row[0],
-            ) from None
+            raise self._damaged(row[0], exc) from None
 
     def _decode_summary(self, row: sqlite3.Row | tuple[Any, ...], now: float) -> RunSummary:
         (
@@ -1456,16 +1448,13 @@ class SqliteStore:
         try:
             return _decoded(row[0])
         except SELECTION_DAMAGE as exc:
-            raise RunDamaged(
-                f"run {run_id} in {self.location} is damaged ({exc}); other runs are readable",
-                run_id=run_id,
-            ) from None
+            raise self._damaged(run_id, exc) from None
 
     def get_outcomes(
         self, run_id: int, nodeids: Collection[str], only: Collection[str] | None = None
     ) -> dict[str, Outcome]:
         with self._errors("read"):
-            first = self._stored_selection(run_id)[1]
+            selection, first = self._stored_selection(run_id)
             position_of = {first[nodeid]: nodeid for nodeid in nodeids if nodeid in first}
             found: dict[str, Outcome] = {}
             if only is None or "not_run" in only:
@@ -1486,8 +1475,7 @@ class SqliteStore:
                     tests = map(position_of.__getitem__, map(int, joined.split(",")))
                     in_rows.update(dict.fromkeys(tests, OUTCOMES[outcome]))
             if position_of and (only is None or "passed" in only):
-                size = len(self._stored_selection(run_id)[0])
-                for position in self._passed_positions(run_id, size):
+                for position in self._passed_positions(run_id, len(selection)):
                     nodeid = position_of.get(position)
                     if nodeid is not None and nodeid not in in_rows:
                         found[nodeid] = "passed"
