@@ -133,7 +133,13 @@ class Recorder:
         self.store: RunStore | None = None
         self.run_id: int | None = None
         self.disabled = False
-        self._progress: dict[str, _TestProgress] = {}
+        #: Tests between their setup and teardown reports, by node id, and under
+        #: xdist by (node id, worker): two workers may run one node id at once
+        #: (``--dist each``, ``--keep-duplicates``).
+        self._progress: dict[str | tuple[str, str], _TestProgress] = {}
+        #: node id -> reruns so far of a test xdist took off a crashed worker to run
+        #: again, on whichever worker gets it.
+        self._rescheduled: dict[str, int] = {}
         #: Reports not yet turned into results: they are read a batch at a time,
         #: when a write is due, so that the reading runs warm in the processor's
         #: caches instead of cold between two tests (pytest keeps the reports anyway).
@@ -293,6 +299,7 @@ class Recorder:
         as a whole; every other report goes through :meth:`_add_test_report`."""
         index, count = 0, len(reports)
         progress, positions, placed = self._progress, self._positions, self._placed
+        rescheduled = self._rescheduled
         started = self.started
         passed: list[PendingResult] = []
         while index < count:
@@ -338,7 +345,11 @@ class Recorder:
                         nodeid = teardown.nodeid
                         if not nodeid.isascii():
                             nodeid = clean_text(nodeid)
-                        if not progress or nodeid not in progress:
+                        worker = third.get("worker_id")
+                        if not (progress or rescheduled) or (
+                            ((nodeid, worker) if type(worker) is str else nodeid) not in progress
+                            and nodeid not in rescheduled
+                        ):
                             index += 3
                             position: int | None = -1
                             if started:
@@ -357,7 +368,7 @@ class Recorder:
                                         setup_duration,
                                         call_duration,
                                         teardown_duration,
-                                        third.get("worker_id"),
+                                        worker,
                                         None,
                                         0,
                                         None,
@@ -391,20 +402,31 @@ class Recorder:
             nodeid = clean_text(nodeid)
         when = report.when
         outcome: str = report.outcome
+        fields = report.__dict__
         # The attribute pytest's skipping plugin sets; a dict lookup is much
         # cheaper than hasattr() on the common path, where it is missing.
-        wasxfail = report.__dict__.get("wasxfail")
+        wasxfail = fields.get("wasxfail")
+        worker = fields.get("worker_id")
+        if worker is None and when not in ("setup", "call", "teardown"):
+            # xdist's controller reports a crashed worker's test itself (when="???"),
+            # with the worker's controller as ``node``.
+            worker = getattr(getattr(fields.get("node"), "gateway", None), "id", None)
+        key: str | tuple[str, str] = (nodeid, worker) if type(worker) is str else nodeid
         if when == "setup":
             # A setup report starts a new attempt (pytest-rerunfailures reruns
             # start again from setup); only the rerun count carries over.
-            previous = self._progress.get(nodeid)
-            progress = _TestProgress(previous.rerun_attempts if previous is not None else 0)
-            self._progress[nodeid] = progress
+            previous = self._progress.get(key)
+            if previous is not None:
+                attempts = previous.rerun_attempts
+            else:
+                attempts = self._rescheduled.pop(nodeid, 0) if self._rescheduled else 0
+            progress = self._progress[key] = _TestProgress(attempts)
             progress.setup = report.duration
         else:
-            found = self._progress.get(nodeid)
+            found = self._progress.get(key)
             if found is None:
-                found = self._progress[nodeid] = _TestProgress()
+                attempts = self._rescheduled.pop(nodeid, 0) if self._rescheduled else 0
+                found = self._progress[key] = _TestProgress(attempts)
             progress = found
             if when == "call":
                 progress.call = report.duration
@@ -414,8 +436,13 @@ class Recorder:
                 progress.outcome, progress.longrepr = "xpassed", wasxfail
         elif outcome == "rerun":
             progress.rerun_attempts += 1
-            # A crashed xdist worker's test that is rescheduled has no teardown to wait for.
-            progress.rerun_pending = when in ("setup", "call", "teardown")
+            if when in ("setup", "call", "teardown"):
+                progress.rerun_pending = True  # the attempt's teardown report follows
+            else:
+                # A crashed xdist worker's test, rescheduled: it has no teardown
+                # to wait for, and may run again on another worker.
+                del self._progress[key]
+                self._rescheduled[nodeid] = progress.rerun_attempts
             return
         elif outcome == "skipped":
             if wasxfail is not None:
@@ -439,7 +466,7 @@ class Recorder:
             if progress.rerun_pending:
                 progress.rerun_pending = False
                 return
-            del self._progress[nodeid]
+            del self._progress[key]
             longrepr = progress.longrepr
             position = self._position(nodeid) if self.started else -1
             if position is None:
@@ -452,7 +479,7 @@ class Recorder:
                     progress.setup,
                     progress.call,
                     report.duration if when == "teardown" else 0.0,
-                    report.__dict__.get("worker_id"),
+                    worker,
                     None if longrepr is None else cap_longrepr(longrepr),
                     progress.rerun_attempts,
                     None,

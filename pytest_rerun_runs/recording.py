@@ -145,6 +145,8 @@ class RecordingPlugin:
         self.collected = False
         self.warnings: list[str] = []
         self.worker_output_seen = False
+        #: Under ``--dist each``, the collections of the workers reported so far.
+        self.each_collections: list[list[str]] = []
         self.missing: list[str] = []
         self.source_failures: set[str] = set()
         if source is not None:
@@ -154,6 +156,9 @@ class RecordingPlugin:
         #: The local id of a run file's run, once imported.
         self.imported_source_id: int | None = None
         self.passed_on_retry: list[str] = []
+        #: Node ids with a failing result in this retry (a node id may run more
+        #: than once: --dist each, --keep-duplicates).
+        self.failed_on_retry: set[str] = set()
         self.invocation: Invocation | None = None
 
     @property
@@ -205,8 +210,11 @@ class RecordingPlugin:
             dsession.shouldstop = reason
 
     def _on_result(self, nodeid: str, outcome: Outcome) -> None:
-        if outcome == "passed" and nodeid in self.source_failures:
-            self.passed_on_retry.append(nodeid)
+        if outcome == "passed":
+            if nodeid in self.source_failures:
+                self.passed_on_retry.append(nodeid)
+        elif outcome in FAILING_OUTCOMES:
+            self.failed_on_retry.add(nodeid)
 
     # -- collection ---------------------------------------------------------------
 
@@ -277,15 +285,27 @@ class RecordingPlugin:
                 retry.aborted = True
                 retry.missing = [t.nodeid for t in retry.plan.tests]
                 return
-        # Under xdist the controller only learns node ids; the file of a node id
-        # is the part before its first "::", as pytest builds node ids.
-        with collector_paused():
-            cleaned = [clean_text(nodeid) for nodeid in ids]
-            self._start(selected_tests(cleaned, [nodeid.split("::")[0] for nodeid in cleaned]))
+        cleaned = [clean_text(nodeid) for nodeid in ids]
+        if getattr(self.config.option, "dist", None) == "each":
+            # Every worker runs every test it collected, and xdist starts them
+            # once all have collected: the selection is each worker's in turn.
+            self.each_collections.append(cleaned)
+            dsession = self.config.pluginmanager.get_plugin("dsession")
+            workers = getattr(getattr(dsession, "sched", None), "numnodes", None)
+            if type(workers) is int and len(self.each_collections) < workers:
+                return
+            cleaned = [nodeid for collected in self.each_collections for nodeid in collected]
+        self._start_from_node_ids(cleaned)
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             for line in self._start_lines():
                 reporter.write_line(line)
+
+    def _start_from_node_ids(self, nodeids: list[str]) -> None:
+        # Under xdist the controller only learns node ids; the file of a node id
+        # is the part before its first "::", as pytest builds node ids.
+        with collector_paused():
+            self._start(selected_tests(nodeids, [nodeid.split("::")[0] for nodeid in nodeids]))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: object) -> None:
@@ -430,6 +450,9 @@ class RecordingPlugin:
             return
         if exit_status == pytest.ExitCode.USAGE_ERROR and not self.recorder.started:
             return  # a usage error writes nothing
+        if not self.recorder.started and self.each_collections:
+            # Not every --dist each worker collected (the session stopped first).
+            self._start_from_node_ids([n for collected in self.each_collections for n in collected])
         if not self.recorder.started and self.recorder.has_pending_results:
             self._start([])
         retrying = self.retry is not None
@@ -483,12 +506,13 @@ class RecordingPlugin:
         if self.missing and self.config.pluginmanager.has_plugin("dsession"):
             # Under xdist the workers report missing tests only at their end.
             terminalreporter.write_line(self._missing_line(), yellow=True)
-        if self.passed_on_retry:
+        passed = [n for n in dict.fromkeys(self.passed_on_retry) if n not in self.failed_on_retry]
+        if passed:
             if self._nothing_changed_since_source():
                 what = "passed on retry (flaky candidates)"
             else:
                 what = "passed after changes (fixed, not flaky evidence)"
-            terminalreporter.write_line(f"rerun-runs: {what}: {summarize(self.passed_on_retry)}")
+            terminalreporter.write_line(f"rerun-runs: {what}: {summarize(passed)}")
         if self.uploaded:
             ids = summarize([run_id for _, run_id in self.uploaded])
             terminalreporter.write_line(

@@ -82,6 +82,42 @@ def test_last_failed_under_xdist(pytester: pytest.Pytester, show: Callable[..., 
     assert run["counts"]["not_run"] == 0
 
 
+def test_dist_each_records_every_workers_run_of_each_test(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(
+        test_w="""
+        def test_same(): pass
+        def test_fails_on_gw1(worker_id): assert worker_id != "gw1"
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", "each")
+    result.assert_outcomes(passed=3, failed=1)
+    run = show()
+    assert sorted(run["selection"]) == 2 * ["test_w.py::test_fails_on_gw1"] + 2 * [
+        "test_w.py::test_same"
+    ]
+    assert sorted((r["nodeid"], r["outcome"], r["worker"]) for r in run["results"]) == [
+        ("test_w.py::test_fails_on_gw1", "failed", "gw1"),
+        ("test_w.py::test_fails_on_gw1", "passed", "gw0"),
+        ("test_w.py::test_same", "passed", "gw0"),
+        ("test_w.py::test_same", "passed", "gw1"),
+    ]
+    assert (run["counts"]["passed"], run["counts"]["failed"], run["counts"]["not_run"]) == (3, 1, 0)
+    # Under --dist each again, the retry fails on gw1 again: no flaky candidate.
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--dist", "each", "--retry-run", "1", "--failed-only"
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    assert "passed on retry" not in result.stdout.str()
+    run = show()
+    assert run["selection"] == 2 * ["test_w.py::test_fails_on_gw1"]
+    assert run["missing"] == []
+    result = pytester.runpytest_subprocess("--retry-run", "1", "--failed-only")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["rerun-runs: passed on retry *: test_w.py::test_fails_on_gw1"])
+
+
 MANY = "\n".join(f"def test_{n:02}(): pass" for n in range(30)) + "\n"
 
 

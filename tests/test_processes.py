@@ -116,9 +116,37 @@ def test_xdist_worker_crash_is_an_error(
     by_id = {r["nodeid"].split("::")[1]: r for r in run["results"]}
     assert by_id["test_crash"]["outcome"] == "error"
     assert by_id["test_crash"]["when"] == "crash"
+    assert by_id["test_crash"]["worker"] == "gw0"
     assert "crashed while running" in by_id["test_crash"]["longrepr"]
     assert by_id["test_before"]["outcome"] == "passed"
     assert by_id["test_after"]["outcome"] == "passed"
+
+
+def test_a_test_that_crashed_its_worker_and_passed_when_rerun_counts_the_rerun(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(
+        """
+        import os
+        from pathlib import Path
+
+        def test_crash_once():
+            crashed = Path(__file__).with_name("crashed")
+            if not crashed.exists():
+                crashed.touch()
+                os._exit(1)
+
+        def test_fine():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2", "--reruns", "1", "-p", "rerunfailures")
+    assert result.parseoutcomes() == {"passed": 2, "rerun": 1}
+    by_id = {r["nodeid"].split("::")[1]: r for r in show()["results"]}
+    crashed = by_id["test_crash_once"]
+    assert (crashed["outcome"], crashed["when"], crashed["rerun_attempts"]) == ("passed", "call", 1)
+    assert crashed["worker"] in {"gw0", "gw1", "gw2"}
+    assert (by_id["test_fine"]["outcome"], by_id["test_fine"]["rerun_attempts"]) == ("passed", 0)
 
 
 def test_sigkill_keeps_earlier_results_and_reads_interrupted(

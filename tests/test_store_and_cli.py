@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -304,6 +305,86 @@ def test_reports_from_xdist_workers_are_read_test_by_test(tmp_path: Path) -> Non
         ("f.py::e", "passed", "gw0", 0.015, 0.017, 0.018),
     ]
     store.close()
+
+
+def record_arrivals(
+    tmp_path: Path, names: Sequence[str], arrivals: Sequence[pytest.TestReport]
+) -> list[Result]:
+    """The results a run of the tests ``names`` gets from reports arriving in this order."""
+    store = open_store(str(tmp_path / "runs.db"))
+    recorder = Recorder(lambda: store, lambda message: None, clock=lambda: 0.0)
+    tests = [SelectedTest(f"f.py::{name}", "f.py") for name in names]
+    run_id = recorder.start(lambda store: make_new_run(), Selection(tests))
+    assert run_id is not None
+    for arrival in arrivals:
+        recorder.add_test_report(arrival)
+    recorder.finish(RunFinish(exit_status=1, finished_at=1.0))  # closes the store
+    store = open_store(str(tmp_path / "runs.db"))
+    try:
+        return store.get_run(run_id).results
+    finally:
+        store.close()
+
+
+def test_two_workers_running_one_node_id_at_once_keep_their_own_results(tmp_path: Path) -> None:
+    # --dist each (or --keep-duplicates): both workers run f.py::a at the same moment.
+    arrivals = [
+        ("gw0", "setup", "passed"),
+        ("gw1", "setup", "passed"),
+        ("gw0", "call", "passed"),
+        ("gw1", "call", "failed"),
+        ("gw0", "teardown", "passed"),
+        ("gw1", "teardown", "passed"),
+    ]
+    reports = [
+        worker_report(worker, "f.py::a", when, outcome, duration=number / 1000)
+        for number, (worker, when, outcome) in enumerate(arrivals, start=1)
+    ]
+    results = record_arrivals(tmp_path, ["a", "a"], reports)
+    assert [
+        (r.outcome, r.worker, r.setup_duration, r.call_duration, r.teardown_duration)
+        for r in results
+    ] == [("passed", "gw0", 0.001, 0.003, 0.005), ("failed", "gw1", 0.002, 0.004, 0.006)]
+
+
+def crash_report(worker: str, nodeid: str, outcome: str) -> pytest.TestReport:
+    """xdist's controller's report of a test whose worker died (pytest-rerunfailures
+    turns its outcome into "rerun" when it reschedules the test)."""
+    made = pytest.TestReport(
+        nodeid,
+        ("f.py", None, "f.py"),
+        {},
+        outcome,  # type: ignore[arg-type]
+        f"{worker} crashed",
+        "???",  # type: ignore[arg-type]
+    )
+    # The worker's controller, as far as pytest (the report's text) and the recorder read it.
+    made.node = SimpleNamespace(  # type: ignore[attr-defined]
+        gateway=SimpleNamespace(id=worker), _workerinfocache=f"[{worker}] linux -- Python 3"
+    )
+    return made
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_a_test_rescheduled_off_a_crashed_worker_keeps_its_rerun_count(
+    tmp_path: Path, interleaved: bool
+) -> None:
+    reports = [
+        worker_report("gw0", "f.py::t", "setup"),
+        crash_report("gw0", "f.py::t", "rerun"),
+        worker_report("gw1", "f.py::t", "setup"),
+        worker_report("gw1", "f.py::t", "call"),
+        worker_report("gw1", "f.py::t", "teardown"),
+    ]
+    # gw2 starts f.py::u and dies; interleaved, its setup report comes between
+    # gw1's, so that gw1's are read a report at a time.
+    reports.insert(3 if interleaved else 5, worker_report("gw2", "f.py::u", "setup"))
+    reports.append(crash_report("gw2", "f.py::u", "failed"))
+    results = record_arrivals(tmp_path, ["t", "u"], reports)
+    assert [(r.nodeid, r.outcome, r.when, r.worker, r.rerun_attempts) for r in results] == [
+        ("f.py::t", "passed", "call", "gw1", 1),
+        ("f.py::u", "error", "crash", "gw2", 0),
+    ]
 
 
 def test_an_xdist_worker_crash_after_a_failure_ends_the_test_as_failed() -> None:
