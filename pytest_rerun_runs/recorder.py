@@ -410,7 +410,7 @@ class Recorder:
         if worker is None and when not in ("setup", "call", "teardown"):
             # xdist's controller reports a crashed worker's test itself (when="???"),
             # with the worker's controller as ``node``.
-            worker = getattr(getattr(fields.get("node"), "gateway", None), "id", None)
+            worker = _crashed_worker(fields.get("node"))
         key: str | tuple[str, str] = (nodeid, worker) if type(worker) is str else nodeid
         if when == "setup":
             # A setup report starts a new attempt (pytest-rerunfailures reruns
@@ -437,7 +437,8 @@ class Recorder:
         elif outcome == "rerun":
             progress.rerun_attempts += 1
             if when in ("setup", "call", "teardown"):
-                progress.rerun_pending = True  # the attempt's teardown report follows
+                # Until the attempt's teardown report, which ends it.
+                progress.rerun_pending = when != "teardown"
             else:
                 # A crashed xdist worker's test, rescheduled: it has no teardown
                 # to wait for, and may run again on another worker.
@@ -614,6 +615,14 @@ class Recorder:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+
+def _crashed_worker(node: object) -> object:
+    """The worker id of the controller xdist gives its report of a crashed worker's test."""
+    try:
+        return node.gateway.id  # type: ignore[attr-defined]
+    except Exception:
+        return None
 
 
 def relative_file(path: os.PathLike[str] | str, rootdir: str) -> str:

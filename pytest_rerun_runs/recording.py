@@ -156,9 +156,9 @@ class RecordingPlugin:
         #: The local id of a run file's run, once imported.
         self.imported_source_id: int | None = None
         self.passed_on_retry: list[str] = []
-        #: Node ids with a failing result in this retry (a node id may run more
-        #: than once: --dist each, --keep-duplicates).
-        self.failed_on_retry: set[str] = set()
+        #: Node ids with a result other than a pass in this retry (a node id may
+        #: run more than once: --dist each, --keep-duplicates).
+        self.not_passed_on_retry: set[str] = set()
         self.invocation: Invocation | None = None
 
     @property
@@ -213,8 +213,8 @@ class RecordingPlugin:
         if outcome == "passed":
             if nodeid in self.source_failures:
                 self.passed_on_retry.append(nodeid)
-        elif outcome in FAILING_OUTCOMES:
-            self.failed_on_retry.add(nodeid)
+        else:
+            self.not_passed_on_retry.add(nodeid)
 
     # -- collection ---------------------------------------------------------------
 
@@ -276,6 +276,16 @@ class RecordingPlugin:
         retry = self.retry
         if self.recorder.started or self.recorder.disabled or (retry and retry.aborted):
             return
+        if getattr(self.config.option, "dist", None) == "each":
+            # Every worker runs every test it collected, and xdist starts them
+            # once all have collected: the selection is each worker's in turn.
+            self.each_collections.append(list(ids))
+            dsession = self.config.pluginmanager.get_plugin("dsession")
+            workers = getattr(getattr(dsession, "sched", None), "numnodes", None)
+            if type(workers) is int and len(self.each_collections) < workers:
+                return
+            ids = [nodeid for collected in self.each_collections for nodeid in collected]
+            self.each_collections = []
         if retry is not None:
             from pytest_rerun_runs.collection import retry_finds_anything
 
@@ -285,17 +295,7 @@ class RecordingPlugin:
                 retry.aborted = True
                 retry.missing = [t.nodeid for t in retry.plan.tests]
                 return
-        cleaned = [clean_text(nodeid) for nodeid in ids]
-        if getattr(self.config.option, "dist", None) == "each":
-            # Every worker runs every test it collected, and xdist starts them
-            # once all have collected: the selection is each worker's in turn.
-            self.each_collections.append(cleaned)
-            dsession = self.config.pluginmanager.get_plugin("dsession")
-            workers = getattr(getattr(dsession, "sched", None), "numnodes", None)
-            if type(workers) is int and len(self.each_collections) < workers:
-                return
-            cleaned = [nodeid for collected in self.each_collections for nodeid in collected]
-        self._start_from_node_ids(cleaned)
+        self._start_from_node_ids([clean_text(nodeid) for nodeid in ids])
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             for line in self._start_lines():
@@ -452,7 +452,8 @@ class RecordingPlugin:
             return  # a usage error writes nothing
         if not self.recorder.started and self.each_collections:
             # Not every --dist each worker collected (the session stopped first).
-            self._start_from_node_ids([n for collected in self.each_collections for n in collected])
+            collected = [clean_text(n) for ids in self.each_collections for n in ids]
+            self._start_from_node_ids(collected)
         if not self.recorder.started and self.recorder.has_pending_results:
             self._start([])
         retrying = self.retry is not None
@@ -506,7 +507,8 @@ class RecordingPlugin:
         if self.missing and self.config.pluginmanager.has_plugin("dsession"):
             # Under xdist the workers report missing tests only at their end.
             terminalreporter.write_line(self._missing_line(), yellow=True)
-        passed = [n for n in dict.fromkeys(self.passed_on_retry) if n not in self.failed_on_retry]
+        not_passed = self.not_passed_on_retry
+        passed = [n for n in dict.fromkeys(self.passed_on_retry) if n not in not_passed]
         if passed:
             if self._nothing_changed_since_source():
                 what = "passed on retry (flaky candidates)"

@@ -113,9 +113,49 @@ def test_dist_each_records_every_workers_run_of_each_test(
     run = show()
     assert run["selection"] == 2 * ["test_w.py::test_fails_on_gw1"]
     assert run["missing"] == []
+    # A skip is not a pass either.
+    pytester.makepyfile(
+        test_w="""
+        import pytest
+
+        def test_same(): pass
+        def test_fails_on_gw1(worker_id):
+            if worker_id == "gw1":
+                pytest.skip("not on gw1")
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--dist", "each", "--retry-run", "1", "--failed-only"
+    )
+    result.assert_outcomes(passed=1, skipped=1)
+    assert "rerun-runs: passed" not in result.stdout.str()
     result = pytester.runpytest_subprocess("--retry-run", "1", "--failed-only")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["rerun-runs: passed on retry *: test_w.py::test_fails_on_gw1"])
+    result.stdout.fnmatch_lines(
+        ["rerun-runs: passed after changes *: test_w.py::test_fails_on_gw1"]
+    )
+
+
+def test_a_dist_each_retry_runs_what_only_some_workers_collect(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makeconftest(
+        """
+        def pytest_collection_modifyitems(config, items):
+            if getattr(config, "workerinput", {}).get("workerid") == "gw1":
+                items[:] = [item for item in items if "only_gw0" not in item.name]
+        """
+    )
+    pytester.makepyfile(test_x="def test_common(): pass\ndef test_only_gw0(): assert 0\n")
+    pytester.runpytest_subprocess("-n", "2", "--dist", "each").assert_outcomes(passed=2, failed=1)
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--dist", "each", "--retry-run", "1", "--failed-only"
+    )
+    result.assert_outcomes(failed=1)
+    assert result.ret == 1
+    run = show()
+    assert run["selection"] == ["test_x.py::test_only_gw0"]
+    assert [(r["outcome"], r["worker"]) for r in run["results"]] == [("failed", "gw0")]
 
 
 MANY = "\n".join(f"def test_{n:02}(): pass" for n in range(30)) + "\n"

@@ -387,6 +387,37 @@ def test_a_test_rescheduled_off_a_crashed_worker_keeps_its_rerun_count(
     ]
 
 
+def test_a_worker_crash_after_a_rerun_in_teardown_ends_the_test(tmp_path: Path) -> None:
+    # The teardown report ends an attempt: the crash in the next one ends the test.
+    reports = [
+        worker_report("gw0", "f.py::t", "setup"),
+        worker_report("gw0", "f.py::t", "call"),
+        worker_report("gw0", "f.py::t", "teardown", "rerun"),
+        crash_report("gw0", "f.py::t", "failed"),
+    ]
+    results = record_arrivals(tmp_path, ["t"], reports)
+    assert [(r.outcome, r.when, r.worker, r.rerun_attempts) for r in results] == [
+        ("error", "crash", "gw0", 1)
+    ]
+
+
+class UnreadableController:
+    @property
+    def gateway(self) -> object:
+        raise RuntimeError("gone")
+
+    _workerinfocache = "[gw0] linux -- Python 3"
+
+
+def test_a_crash_report_whose_worker_cannot_be_read_is_recorded_without_it(
+    tmp_path: Path,
+) -> None:
+    crash = crash_report("gw0", "f.py::t", "failed")
+    crash.node = UnreadableController()  # type: ignore[attr-defined]
+    results = record_arrivals(tmp_path, ["t"], [crash])
+    assert [(r.outcome, r.when, r.worker) for r in results] == [("error", "crash", None)]
+
+
 def test_an_xdist_worker_crash_after_a_failure_ends_the_test_as_failed() -> None:
     store = CountingStore()
     recorder = Recorder(lambda: store, lambda message: None, clock=lambda: 0.0)  # type: ignore[arg-type,return-value]
