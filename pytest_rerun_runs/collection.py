@@ -147,7 +147,8 @@ class NarrowingPlugin:
         items[:] = [item for _, _, item in kept]
 
     def _missing(self, collected: set[str]) -> list[str]:
-        planned = self.state.plan.tests
+        # A node id a session ran more than once (--dist each) is planned as often.
+        planned = dict.fromkeys(self.state.plan.tests)
         rootdir = self.config.rootpath
         if user_gave_paths(self.config):
             # Paths and node ids narrow collection on purpose: only a test whose

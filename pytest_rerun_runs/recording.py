@@ -293,7 +293,7 @@ class RecordingPlugin:
                 # The workers deselect everything; as without xdist, this is a usage
                 # error and nothing is recorded (the exit code is set at the end).
                 retry.aborted = True
-                retry.missing = [t.nodeid for t in retry.plan.tests]
+                retry.missing = list(dict.fromkeys(t.nodeid for t in retry.plan.tests))
                 return
         self._start_from_node_ids([clean_text(nodeid) for nodeid in ids])
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")

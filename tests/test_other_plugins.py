@@ -158,6 +158,20 @@ def test_a_dist_each_retry_runs_what_only_some_workers_collect(
     assert [(r["outcome"], r["worker"]) for r in run["results"]] == [("failed", "gw0")]
 
 
+def test_a_test_gone_since_a_dist_each_run_is_missing_once(
+    pytester: pytest.Pytester, show: Callable[..., RunDict]
+) -> None:
+    pytester.makepyfile(test_x="def test_kept(): assert 0\ndef test_gone(): assert 0\n")
+    pytester.runpytest_subprocess("-n", "2", "--dist", "each").assert_outcomes(failed=4)
+    pytester.makepyfile(test_x="def test_kept(): pass\n")
+    result = pytester.runpytest_subprocess("--retry-run", "1", "--failed-only")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["rerun-runs: warning: 1 tests of run 1 no longer exist: test_x.py::test_gone"]
+    )
+    assert show()["missing"] == ["test_x.py::test_gone"]
+
+
 MANY = "\n".join(f"def test_{n:02}(): pass" for n in range(30)) + "\n"
 
 
