@@ -412,24 +412,20 @@ class Recorder:
             # with the worker's controller as ``node``.
             worker = _crashed_worker(fields.get("node"))
         key: str | tuple[str, str] = (nodeid, worker) if type(worker) is str else nodeid
-        if when == "setup":
+        found = self._progress.get(key)
+        if found is None or when == "setup":
             # A setup report starts a new attempt (pytest-rerunfailures reruns
             # start again from setup); only the rerun count carries over.
-            previous = self._progress.get(key)
-            if previous is not None:
-                attempts = previous.rerun_attempts
+            if found is not None:
+                attempts = found.rerun_attempts
             else:
                 attempts = self._rescheduled.pop(nodeid, 0) if self._rescheduled else 0
-            progress = self._progress[key] = _TestProgress(attempts)
+            found = self._progress[key] = _TestProgress(attempts)
+        progress = found
+        if when == "setup":
             progress.setup = report.duration
-        else:
-            found = self._progress.get(key)
-            if found is None:
-                attempts = self._rescheduled.pop(nodeid, 0) if self._rescheduled else 0
-                found = self._progress[key] = _TestProgress(attempts)
-            progress = found
-            if when == "call":
-                progress.call = report.duration
+        elif when == "call":
+            progress.call = report.duration
 
         if outcome == "passed":
             if when == "call" and wasxfail is not None:

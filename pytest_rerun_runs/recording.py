@@ -284,8 +284,7 @@ class RecordingPlugin:
             workers = getattr(getattr(dsession, "sched", None), "numnodes", None)
             if type(workers) is int and len(self.each_collections) < workers:
                 return
-            ids = [nodeid for collected in self.each_collections for nodeid in collected]
-            self.each_collections = []
+            ids, self.each_collections = self._each_selection(), []
         if retry is not None:
             from pytest_rerun_runs.collection import retry_finds_anything
 
@@ -300,6 +299,9 @@ class RecordingPlugin:
         if reporter is not None:
             for line in self._start_lines():
                 reporter.write_line(line)
+
+    def _each_selection(self) -> list[str]:
+        return [nodeid for collected in self.each_collections for nodeid in collected]
 
     def _start_from_node_ids(self, nodeids: list[str]) -> None:
         # Under xdist the controller only learns node ids; the file of a node id
@@ -452,8 +454,7 @@ class RecordingPlugin:
             return  # a usage error writes nothing
         if not self.recorder.started and self.each_collections:
             # Not every --dist each worker collected (the session stopped first).
-            collected = [clean_text(n) for ids in self.each_collections for n in ids]
-            self._start_from_node_ids(collected)
+            self._start_from_node_ids([clean_text(n) for n in self._each_selection()])
         if not self.recorder.started and self.recorder.has_pending_results:
             self._start([])
         retrying = self.retry is not None

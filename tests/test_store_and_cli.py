@@ -260,12 +260,6 @@ def worker_report(
 
 
 def test_reports_from_xdist_workers_are_read_test_by_test(tmp_path: Path) -> None:
-    store = open_store(str(tmp_path / "runs.db"))
-    recorder = Recorder(lambda: store, lambda message: None, clock=lambda: 0.0)
-    names = ["a", "b", "c", "c", "d", "e"]
-    tests = [SelectedTest(f"f.py::{name}", "f.py") for name in names]
-    run_id = recorder.start(lambda store: make_new_run(), Selection(tests))
-    assert run_id is not None
     phases = ("setup", "call", "teardown")
     arrivals = [
         # Two workers' reports interleaved, as the controller gets them.
@@ -285,14 +279,13 @@ def test_reports_from_xdist_workers_are_read_test_by_test(tmp_path: Path) -> Non
         ("gw0", "e", "call"),
         ("gw0", "e", "teardown"),
     ]
-    for number, (worker, name, when, *failed) in enumerate(arrivals, start=1):
-        outcome = failed[0] if failed else "passed"
-        recorder.add_test_report(
-            worker_report(worker, f"f.py::{name}", when, outcome, duration=number / 1000)
+    reports = [
+        worker_report(
+            worker, f"f.py::{name}", when, failed[0] if failed else "passed", number / 1000
         )
-    recorder.finish(RunFinish(exit_status=1, finished_at=1.0))  # closes the store
-    store = open_store(str(tmp_path / "runs.db"))
-    results = store.get_run(run_id).results
+        for number, (worker, name, when, *failed) in enumerate(arrivals, start=1)
+    ]
+    results = record_arrivals(tmp_path, ["a", "b", "c", "c", "d", "e"], reports)
     assert [
         (r.nodeid, r.outcome, r.worker, r.setup_duration, r.call_duration, r.teardown_duration)
         for r in results
@@ -304,7 +297,6 @@ def test_reports_from_xdist_workers_are_read_test_by_test(tmp_path: Path) -> Non
         ("f.py::d", "passed", "gw1", 0.013, 0.014, 0.016),
         ("f.py::e", "passed", "gw0", 0.015, 0.017, 0.018),
     ]
-    store.close()
 
 
 def record_arrivals(
